@@ -1,0 +1,77 @@
+"""Adan: adaptive Nesterov momentum.
+
+Adan estimates the Nesterov look-ahead gradient from the difference of consecutive
+gradients, so it needs no extra gradient evaluation; it keeps moving averages of the
+gradient, of that difference and of the squared look-ahead gradient. This follows the
+authors' reference implementation (sail-sg/Adan), including its proximal weight decay.
+
+References:
+    Xie, X., Zhou, P., Li, H., Lin, Z. and Yan, S. "Adan: Adaptive Nesterov Momentum
+    Algorithm for Faster Optimizing Deep Models." 2022. https://arxiv.org/abs/2208.06677
+"""
+from mxnet.optimizer import Optimizer
+
+from ..kernels import composed
+from ._common import MxnagOptimizer, check_beta, check_bool, check_number
+
+
+@Optimizer.register
+class Adan(MxnagOptimizer):
+    r"""Adan (Xie et al., 2022), registered as ``'adan'``.
+
+    At a parameter's step ``t`` (counted per parameter and per device, from 1), with
+    ``g_prev = g`` at ``t = 1``::
+
+        g = rescale_grad * grad;  if clip_gradient is not None: g = clip(g, -c, c)
+        diff = g - g_prev
+        m = beta1 * m + (1 - beta1) * g
+        d = beta2 * d + (1 - beta2) * diff
+        u = g + beta2 * diff
+        n = beta3 * n + (1 - beta3) * u * u
+        denom = sqrt(n) / sqrt(1 - beta3 ** t) + epsilon
+        if no_prox: w = w * (1 - lr * wd)
+        w = w - lr / (1 - beta1 ** t) * m / denom - lr * beta2 / (1 - beta2 ** t) * d / denom
+        if not no_prox: w = w / (1 + lr * wd)
+        g_prev = g
+
+    Pitfalls: the betas are decay rates as in Adam (the paper writes ``1 - beta``); Adan
+    keeps four arrays per parameter (the previous gradient included), one more than NAdam;
+    ``epsilon`` sits outside the square root.
+
+    Parameters
+    ----------
+    learning_rate : float >= 0, default 0.001 (or ``lr_scheduler.base_lr`` if given)
+    beta1 : float in [0, 1), default 0.98. Decay of the gradient average ``m``.
+    beta2 : float in [0, 1), default 0.92. Decay of the gradient-difference average ``d``.
+    beta3 : float in [0, 1), default 0.99. Decay of the squared look-ahead average ``n``.
+    epsilon : float > 0, default 1e-8.
+    no_prox : bool, default False. False applies weight decay as the proximal step
+        ``w / (1 + lr * wd)`` after the update; True multiplies by ``1 - lr * wd`` before it.
+    **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
+        ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ...).
+    """
+    default_learning_rate = 0.001
+    state_names = ('mean', 'diff_mean', 'sq_mean', 'prev_grad')
+
+    def __init__(self, learning_rate=None, beta1=0.98, beta2=0.92, beta3=0.99, epsilon=1e-8,
+                 no_prox=False, **kwargs):
+        owner = type(self).__name__
+        self.beta1 = check_beta(owner, 'beta1', beta1)
+        self.beta2 = check_beta(owner, 'beta2', beta2)
+        self.beta3 = check_beta(owner, 'beta3', beta3)
+        self.epsilon = check_number(owner, 'epsilon', epsilon, 0.0, low_open=True)
+        self.no_prox = check_bool(owner, 'no_prox', no_prox)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+
+    def _update_one(self, index, t, weight, grad, state):
+        lr, wd = self._get_lr(index), self._get_wd(index)
+        composed.adan_update(
+            weight, grad, *state,
+            rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
+            first_step=self._is_first_step(t),
+            beta1=self.beta1, beta2=self.beta2, beta3=self.beta3, epsilon=self.epsilon,
+            mean_coef=lr / (1.0 - self.beta1 ** t),
+            diff_coef=lr * self.beta2 / (1.0 - self.beta2 ** t),
+            sq_scale=(1.0 - self.beta3 ** t) ** -0.5,
+            weight_scale=1.0 - lr * wd if self.no_prox else 1.0,
+            weight_divisor=1.0 if self.no_prox else 1.0 + lr * wd)

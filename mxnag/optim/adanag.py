@@ -1,0 +1,98 @@
+"""AdaNAG: Nesterov momentum with per-coordinate adaptive learning rates.
+
+This is NAdam as Dozat (2016) defined it, with the momentum-decay schedule ``mu_t``,
+the formulation PyTorch's ``torch.optim.NAdam`` follows. MXNet's own ``'nadam'`` differs:
+it keeps a single ``m_schedule`` for all parameters and advances it once per parameter
+per step, so its trajectory depends on how many parameters a model has.
+
+References:
+    Dozat, T. "Incorporating Nesterov Momentum into Adam." ICLR 2016 workshop.
+    https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
+    Loshchilov, I. and Hutter, F. "Decoupled Weight Decay Regularization." ICLR 2019.
+    https://arxiv.org/abs/1711.05101
+"""
+from mxnet.optimizer import Optimizer
+
+from ..kernels import composed
+from ._common import MxnagOptimizer, check_beta, check_bool, check_number
+
+
+@Optimizer.register
+class AdaNAG(MxnagOptimizer):
+    r"""AdaNAG (NAdam): Adam whose momentum step looks one step ahead, as Nesterov's does.
+
+    Registered as ``'adanag'``: ``gluon.Trainer(params, 'adanag', {'learning_rate': 2e-3})``.
+    At a parameter's step ``t`` (counted per parameter and per device, from 1)::
+
+        g = rescale_grad * grad;  if not decoupled_wd: g = g + wd * w
+        if clip_gradient is not None: g = clip(g, -clip_gradient, clip_gradient)
+        if decoupled_wd: w = w * (1 - lr * wd)
+        mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay));  mu_next = mu_{t+1}
+        prod_t = mu_1 * mu_2 * ... * mu_t
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        denom = sqrt(v / (1 - beta2 ** t)) + epsilon
+        w = w - lr * (1 - mu_t) / (1 - prod_t) * g / denom
+              - lr * mu_next / (1 - prod_t * mu_next) * m / denom
+
+    The trajectory equals ``torch.optim.NAdam(decoupled_weight_decay=decoupled_wd)`` to
+    float32 rounding. ``prod_t`` is a function of ``t`` alone, so a parameter that starts
+    training late (unfrozen in fine-tuning) starts at its own ``t = 1``, and every device
+    copy of a parameter follows the same trajectory.
+
+    Pitfalls: ``epsilon`` sits outside the square root, as in Adam; with
+    ``decoupled_wd=False`` the decay enters the adaptive moments (L2 regularisation), which
+    weakens it for coordinates with large gradients (Loshchilov & Hutter).
+
+    Parameters
+    ----------
+    learning_rate : float >= 0, default 0.002 (or ``lr_scheduler.base_lr`` if given)
+    beta1 : float in [0, 1), default 0.9. Decay of the first moment ``m``.
+    beta2 : float in [0, 1), default 0.999. Decay of the second moment ``v``.
+    epsilon : float > 0, default 1e-8. Added to ``sqrt(v_hat)``, outside the root.
+    momentum_decay : float >= 0, default 0.004. ``psi`` of the ``mu_t`` schedule; 0 gives a
+        constant ``mu_t = beta1 / 2``.
+    decoupled_wd : bool, default True. Decay the weights directly by ``lr * wd`` (NAdamW);
+        False adds ``wd * w`` to the gradient instead.
+    **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
+        ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``param_idx2name``,
+        ``begin_num_update``, ...). ``multi_precision=True`` keeps float32 master weights
+        and states for float16 weights.
+    """
+    default_learning_rate = 0.002
+    state_names = ('mean', 'var')
+
+    def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 momentum_decay=0.004, decoupled_wd=True, **kwargs):
+        owner = type(self).__name__
+        self.beta1 = check_beta(owner, 'beta1', beta1)
+        self.beta2 = check_beta(owner, 'beta2', beta2)
+        self.epsilon = check_number(owner, 'epsilon', epsilon, 0.0, low_open=True)
+        self.momentum_decay = check_number(owner, 'momentum_decay', momentum_decay, 0.0)
+        self.decoupled_wd = check_bool(owner, 'decoupled_wd', decoupled_wd)
+        self._mu_products = [1.0]  # _mu_products[t] = mu_1 * ... * mu_t, a cache
+        super().__init__(learning_rate=learning_rate, **kwargs)
+
+    def _mu(self, t):
+        return self.beta1 * (1.0 - 0.5 * 0.96 ** (t * self.momentum_decay))
+
+    def _mu_product(self, t):
+        products = self._mu_products
+        while len(products) <= t:
+            products.append(products[-1] * self._mu(len(products)))
+        return products[t]
+
+    def _update_one(self, index, t, weight, grad, state):
+        lr, wd = self._get_lr(index), self._get_wd(index)
+        mu, mu_next = self._mu(t), self._mu(t + 1)
+        prod = self._mu_product(t)
+        mean, var = state
+        composed.adanag_update(
+            weight, grad, mean, var,
+            rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
+            wd_into_grad=0.0 if self.decoupled_wd else wd,
+            weight_scale=1.0 - lr * wd if self.decoupled_wd else 1.0,
+            beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon,
+            grad_coef=lr * (1.0 - mu) / (1.0 - prod),
+            mean_coef=lr * mu_next / (1.0 - prod * mu_next),
+            var_scale=(1.0 - self.beta2 ** t) ** -0.5)

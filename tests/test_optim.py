@@ -1,0 +1,207 @@
+"""mxnag's optimizers against the float64 references in reference.py.
+
+Bounds: over 30 steps float32 rounding moves the displacement w_T - w_0 by a relative
+1e-6 to 1e-4 (measured: see test_tolerance_separates_rounding_from_mistakes); a wrong
+bias correction, schedule or step count moves it by 1e-2 or more. FLOAT32_BOUND = 2e-3
+sits between the two with a margin of 10x on either side. float64 runs get 1e-9.
+"""
+import pickle
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import mxnag  # noqa: F401  (registers the optimizers)
+from reference import adan, adanag, factor_schedule, relative_error
+
+FLOAT32_BOUND = 2e-3
+FLOAT64_BOUND = 1e-9
+STEPS = 30
+REFERENCES = {'adanag': adanag, 'adan': adan}
+# option sets: (optimizer kwargs, reference kwargs)
+OPTIONS = {
+    'adanag': [
+        ({}, {}),
+        ({'wd': 0.1}, {'wd': 0.1}),
+        ({'wd': 0.1, 'decoupled_wd': False}, {'wd': 0.1, 'decoupled_wd': False}),
+        ({'beta1': 0.8, 'beta2': 0.99, 'epsilon': 1e-3, 'momentum_decay': 0.1},
+         {'beta1': 0.8, 'beta2': 0.99, 'epsilon': 1e-3, 'momentum_decay': 0.1}),
+        ({'momentum_decay': 0.0}, {'momentum_decay': 0.0}),
+        ({'rescale_grad': 0.25, 'clip_gradient': 0.3, 'wd': 0.05, 'decoupled_wd': False},
+         {'rescale': 0.25, 'clip': 0.3, 'wd': 0.05, 'decoupled_wd': False}),
+    ],
+    'adan': [
+        ({}, {}),
+        ({'wd': 0.1}, {'wd': 0.1}),
+        ({'wd': 0.1, 'no_prox': True}, {'wd': 0.1, 'no_prox': True}),
+        ({'beta1': 0.9, 'beta2': 0.7, 'beta3': 0.95, 'epsilon': 1e-3},
+         {'beta1': 0.9, 'beta2': 0.7, 'beta3': 0.95, 'epsilon': 1e-3}),
+        ({'rescale_grad': 0.25, 'clip_gradient': 0.3, 'wd': 0.05},
+         {'rescale': 0.25, 'clip': 0.3, 'wd': 0.05}),
+    ],
+}
+CASES = [(name, i) for name in OPTIONS for i in range(len(OPTIONS[name]))]
+
+
+def run_updater(opt, w0, grads, dtype='float32', index=0):
+    """Run ``len(grads)`` updates through MXNet's Updater; return (weight, updater)."""
+    updater = mx.optimizer.get_updater(opt)
+    w = mx.nd.array(w0, dtype=dtype)
+    for g in grads:
+        updater(index, mx.nd.array(g, dtype=dtype), w)
+    return w, updater
+
+
+def random_problem(rng, shape, steps=STEPS):
+    w0 = rng.standard_normal(shape).astype(np.float32)
+    # gradients with a drifting mean, so that momentum and bias corrections matter
+    drift = rng.standard_normal(shape)
+    grads = [(drift + rng.standard_normal(shape)).astype(np.float32) for _ in range(steps)]
+    return w0, grads
+
+
+@pytest.mark.parametrize('name,case', CASES)
+@pytest.mark.parametrize('shape', [(1,), (7, 3), (5, 1, 3, 3)])
+def test_matches_reference(name, case, shape, rng):
+    kwargs, ref_kwargs = OPTIONS[name][case]
+    lr = 0.01
+    w0, grads = random_problem(rng, shape)
+    opt = mx.optimizer.create(name, learning_rate=lr, **kwargs)
+    w, _ = run_updater(opt, w0, grads)
+    ref = REFERENCES[name](w0, grads, [lr] * STEPS, **ref_kwargs)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_million_elements(name, rng):
+    w0, grads = random_problem(rng, (1000, 1000), steps=20)
+    opt = mx.optimizer.create(name, learning_rate=0.003, wd=0.01)
+    w, _ = run_updater(opt, w0, grads)
+    ref = REFERENCES[name](w0, grads, [0.003] * 20, wd=0.01)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_float64_weights(name, rng):
+    w0, grads = random_problem(rng, (13, 4))
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02)
+    w, updater = run_updater(opt, w0, [g.astype(np.float64) for g in grads], dtype='float64')
+    assert w.dtype == np.float64
+    assert all(s.dtype == np.float64 for s in updater.states[0])
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT64_BOUND
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_float16_multi_precision(name, rng):
+    w0, grads = random_problem(rng, (9, 11))
+    w0 = w0.astype(np.float16)
+    grads = [g.astype(np.float16) for g in grads]
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, multi_precision=True)
+    w, updater = run_updater(opt, w0, grads, dtype='float16')
+    master, states = updater.states[0]
+    assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in states)
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02)
+    assert relative_error(w0, master.asnumpy(), ref) < FLOAT32_BOUND
+    assert w.dtype == np.float16
+    np.testing.assert_array_equal(w.asnumpy(), master.asnumpy().astype(np.float16))
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_scheduler_multipliers_and_late_start(name, rng):
+    """Two parameters under a FactorScheduler with lr_mult/wd_mult; the second one
+    starts at global step 11 and must use its own step count from 1 (fine-tuning's
+    unfrozen layer) while the schedule follows the global update count."""
+    base_lr, late = 0.02, 10
+    scheduler = mx.lr_scheduler.FactorScheduler(step=7, factor=0.5, base_lr=base_lr)
+    opt = mx.optimizer.create(name, lr_scheduler=scheduler, wd=0.1,
+                              param_idx2name={0: 'a_weight', 1: 'b_weight'})
+    opt.set_lr_mult({'a_weight': 0.5})
+    opt.set_wd_mult({'b_weight': 3.0})
+    updater = mx.optimizer.get_updater(opt)
+    w0a, ga = random_problem(rng, (6,))
+    w0b, gb = random_problem(rng, (4, 2), steps=STEPS - late)
+    wa, wb = mx.nd.array(w0a), mx.nd.array(w0b)
+    for step in range(STEPS):
+        updater(0, mx.nd.array(ga[step]), wa)
+        if step >= late:
+            updater(1, mx.nd.array(gb[step - late]), wb)
+    lrs = [factor_schedule(base_lr, 7, 0.5, s) for s in range(1, STEPS + 1)]
+    ref_a = REFERENCES[name](w0a, ga, [0.5 * lr for lr in lrs], wd=0.1)
+    ref_b = REFERENCES[name](w0b, gb, lrs[late:], wd=0.3)
+    assert relative_error(w0a, wa.asnumpy(), ref_a) < FLOAT32_BOUND
+    assert relative_error(w0b, wb.asnumpy(), ref_b) < FLOAT32_BOUND
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_set_learning_rate_and_begin_num_update(name, rng):
+    w0, grads = random_problem(rng, (10,))
+    opt = mx.optimizer.create(name, learning_rate=0.01, begin_num_update=0)
+    updater = mx.optimizer.get_updater(opt)
+    w = mx.nd.array(w0)
+    for k, g in enumerate(grads):
+        if k == 15:
+            opt.set_learning_rate(0.003)
+        updater(0, mx.nd.array(g), w)
+    ref = REFERENCES[name](w0, grads, [0.01] * 15 + [0.003] * 15)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
+
+
+def test_tolerance_separates_rounding_from_mistakes(rng):
+    """The bound must pass float32 rounding and fail plausible mistakes: MXNet's own
+    'nadam' (one momentum schedule advanced once per parameter per step) and a bias
+    correction off by one step."""
+    w0, grads = random_problem(rng, (50,))
+    lrs = [0.01] * STEPS
+    ref = adanag(w0, grads, lrs)
+    ours, _ = run_updater(mx.optimizer.create('adanag', learning_rate=0.01), w0, grads)
+    rounding = relative_error(w0, ours.asnumpy(), ref)
+    assert rounding < FLOAT32_BOUND / 10
+    # MXNet's nadam on a model of two parameters: the second parameter's schedule is wrong
+    mxnet_nadam = mx.optimizer.create('nadam', learning_rate=0.01)
+    updater = mx.optimizer.get_updater(mxnet_nadam)
+    w, other = mx.nd.array(w0), mx.nd.array(w0)
+    for g in grads:
+        updater(0, mx.nd.array(g), other)
+        updater(1, mx.nd.array(g), w)
+    assert relative_error(w0, w.asnumpy(), ref) > 10 * FLOAT32_BOUND
+    # a bias correction one step late
+    shifted = adanag(w0, [grads[0]] + grads[:-1], lrs)
+    assert relative_error(w0, shifted, ref) > 10 * FLOAT32_BOUND
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_pickle_round_trip_continues_identically(name, rng):
+    w0, grads = random_problem(rng, (8,))
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.1)
+    w, updater = run_updater(opt, w0, grads[:10])
+    blob = updater.get_states(dump_optimizer=True)
+    clone = mx.optimizer.get_updater(mx.optimizer.create(name))
+    clone.set_states(blob)
+    assert type(clone.optimizer).__name__.lower() == name
+    w2 = w.copy()
+    for g in grads[10:]:
+        updater(0, mx.nd.array(g), w)
+        clone(0, mx.nd.array(g), w2)
+    np.testing.assert_array_equal(w.asnumpy(), w2.asnumpy())
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_states_live_on_weight_context(name):
+    ctx = mx.cpu(1)
+    opt = mx.optimizer.create(name)
+    state = opt.create_state_multi_precision(0, mx.nd.ones((3,), ctx=ctx))
+    assert len(state) == len(opt.state_names)
+    assert all(s.context == ctx for s in state)
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_row_sparse_gradient_refused(name):
+    opt = mx.optimizer.create(name)
+    w = mx.nd.ones((4, 2))
+    before = w.asnumpy()
+    state = opt.create_state(0, w)
+    grad = mx.nd.sparse.row_sparse_array((np.ones((1, 2), np.float32), [1]), shape=(4, 2))
+    with pytest.raises(TypeError, match='row_sparse gradient'):
+        opt.update(0, w, grad, state)
+    np.testing.assert_array_equal(w.asnumpy(), before)

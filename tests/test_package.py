@@ -1,0 +1,103 @@
+"""The package itself: registration, creation by name, argument checks, import errors."""
+import os
+import pickle
+import subprocess
+import sys
+
+import mxnet as mx
+import pytest
+
+import mxnag
+from mxnag import AdaNAG, Adan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('name,cls', [('adanag', AdaNAG), ('adan', Adan)])
+def test_registered_and_created_by_name(name, cls):
+    assert mx.optimizer.Optimizer.opt_registry[name] is cls
+    opt = mx.optimizer.create(name.upper(), learning_rate=0.1, wd=0.01, rescale_grad=0.5,
+                              clip_gradient=1.0, multi_precision=True, begin_num_update=3,
+                              param_idx2name={0: 'fc_weight'})
+    assert isinstance(opt, cls) and opt.lr == 0.1 and opt.wd == 0.01 and opt.num_update == 3
+
+
+def test_defaults():
+    opt = AdaNAG()
+    assert (opt.lr, opt.beta1, opt.beta2, opt.epsilon, opt.momentum_decay, opt.decoupled_wd) == \
+        (0.002, 0.9, 0.999, 1e-8, 0.004, True)
+    opt = Adan()
+    assert (opt.lr, opt.beta1, opt.beta2, opt.beta3, opt.epsilon, opt.no_prox) == \
+        (0.001, 0.98, 0.92, 0.99, 1e-8, False)
+
+
+def test_scheduler_base_lr_is_kept_when_no_learning_rate_given():
+    scheduler = mx.lr_scheduler.FactorScheduler(step=10, factor=0.5, base_lr=0.3)
+    assert AdaNAG(lr_scheduler=scheduler).learning_rate == 0.3
+
+
+BAD_VALUES = [
+    ('adanag', 'beta1', 1.0), ('adanag', 'beta1', -0.1), ('adanag', 'beta2', 1.5),
+    ('adanag', 'epsilon', 0.0), ('adanag', 'momentum_decay', -1e-3),
+    ('adanag', 'learning_rate', -1.0), ('adanag', 'wd', -0.1), ('adanag', 'rescale_grad', 0.0),
+    ('adanag', 'clip_gradient', -1.0), ('adanag', 'learning_rate', float('nan')),
+    ('adan', 'beta1', 1.0), ('adan', 'beta2', -0.5), ('adan', 'beta3', 2.0),
+    ('adan', 'epsilon', -1e-8), ('adan', 'wd', -1.0), ('adan', 'learning_rate', -0.1),
+]
+
+
+@pytest.mark.parametrize('name,arg,value', BAD_VALUES)
+def test_bad_hyperparameter_is_a_value_error_naming_it(name, arg, value):
+    with pytest.raises(ValueError, match=r'%s must be in' % arg):
+        mx.optimizer.create(name, **{arg: value})
+
+
+@pytest.mark.parametrize('name,arg,value', [
+    ('adanag', 'beta1', '0.9'), ('adanag', 'decoupled_wd', 'yes'), ('adan', 'no_prox', 1),
+    ('adanag', 'multi_precision', 'True'), ('adan', 'epsilon', None)])
+def test_bad_type_is_a_type_error_naming_it(name, arg, value):
+    with pytest.raises(TypeError, match=arg):
+        mx.optimizer.create(name, **{arg: value})
+
+
+@pytest.mark.parametrize('name', ['adanag', 'adan'])
+def test_misspelled_keyword_is_a_type_error(name):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'betas'"):
+        mx.optimizer.create(name, betas=(0.9, 0.99))
+
+
+def test_bad_begin_num_update():
+    with pytest.raises(ValueError, match='begin_num_update'):
+        AdaNAG(begin_num_update=-1)
+
+
+@pytest.mark.parametrize('cls', [AdaNAG, Adan])
+def test_pickles(cls):
+    opt = cls(learning_rate=0.05, wd=0.1)
+    clone = pickle.loads(pickle.dumps(opt))
+    assert type(clone) is cls and clone.lr == 0.05 and clone.wd == 0.1
+
+
+def test_docstrings_carry_equations_and_references():
+    assert 'mu_next' in AdaNAG.__doc__ and 'Dozat' in sys.modules[AdaNAG.__module__].__doc__
+    assert 'g_prev' in Adan.__doc__ and '2208.06677' in sys.modules[Adan.__module__].__doc__
+
+
+def test_import_without_mxnet_says_which_extra_to_install():
+    """Hide mxnet from a fresh interpreter: `import mxnag` fails with one clear line."""
+    code = ('import sys\n'
+            'class Block:\n'
+            '    def find_spec(self, name, path=None, target=None):\n'
+            '        if name == "mxnet" or name.startswith("mxnet."):\n'
+            '            raise ImportError("No module named %r" % name)\n'
+            'sys.meta_path.insert(0, Block())\n'
+            'import mxnag\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('ImportError: mxnag needs Apache MXNet 1.9.1')
+    assert "'mxnag[cpu]'" in last and "'mxnag[cu112]'" in last
+
+
+def test_version():
+    assert mxnag.__version__.count('.') == 2
