@@ -15,6 +15,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .errors import MxnagError
+
 SPLIT_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
@@ -44,7 +46,7 @@ DATASETS = {
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
 
 
-class DataError(ValueError):
+class DataError(MxnagError):
     """A data file is missing, corrupted or inconsistent; the message names it."""
 
 
@@ -172,9 +174,9 @@ def parse_classes(spec):
             else:
                 classes.append(int(part))
     except ValueError:
-        raise ValueError("classes: %r is not like '0-4' or '3,8'" % spec) from None
+        raise MxnagError("classes: %r is not like '0-4' or '3,8'" % spec) from None
     if not classes or any(c < 0 or c > 9 for c in classes) or len(set(classes)) != len(classes):
-        raise ValueError('classes: %r must name distinct classes in 0-9' % spec)
+        raise MxnagError('classes: %r must name distinct classes in 0-9' % spec)
     return sorted(classes)
 
 
@@ -189,13 +191,13 @@ def subset(images, labels, classes=None, shots=None, seed=0):
         labels = remap[labels]
     if shots is not None:
         if shots < 1:
-            raise ValueError('shots: must be >= 1, got %r' % shots)
+            raise MxnagError('shots: must be >= 1, got %r' % shots)
         rng = np.random.RandomState(seed)
         chosen = []
         for c in np.unique(labels):
             idx = np.flatnonzero(labels == c)
             if len(idx) < shots:
-                raise ValueError('shots: class %d has only %d examples, %d asked' % (c, len(idx), shots))
+                raise MxnagError('shots: class %d has only %d examples, %d asked' % (c, len(idx), shots))
             chosen.append(rng.choice(idx, shots, replace=False))
         chosen = np.sort(np.concatenate(chosen))
         images, labels = images[chosen], labels[chosen]
@@ -216,9 +218,9 @@ class ArrayLoader:
 
     def __init__(self, data, labels, batch_size, shuffle=True, seed=0, last_batch='keep'):
         if len(data) != len(labels):
-            raise ValueError('ArrayLoader: %d examples but %d labels' % (len(data), len(labels)))
+            raise MxnagError('ArrayLoader: %d examples but %d labels' % (len(data), len(labels)))
         if batch_size < 1:
-            raise ValueError('batch_size: must be >= 1, got %r' % batch_size)
+            raise MxnagError('batch_size: must be >= 1, got %r' % batch_size)
         self.data, self.labels = data, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.last_batch = last_batch

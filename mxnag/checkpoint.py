@@ -1,0 +1,136 @@
+"""Checkpoints that a crash cannot corrupt.
+
+A checkpoint with prefix ``P`` is three files: ``P.params`` (``net.save_parameters``, so
+plain Gluon can read it), ``P.states`` (``trainer.save_states``, optional) and ``P.json``
+(what the run was: model, classes, epoch, history, config, and the SHA-256 of the other
+two). Each is written to a temporary file, flushed to disk and renamed; ``P.json`` goes
+last and is the commit mark, so a kill at any moment leaves either the whole new
+checkpoint or none of it, and a truncated or altered file is detected by its checksum.
+"""
+import glob
+import hashlib
+import json
+import os
+import re
+import tempfile
+
+from .errors import MxnagError
+
+FORMAT = 'mxnag-checkpoint-1'
+
+
+def prefix_of(path):
+    """``run/epoch-0003.params`` or ``run/epoch-0003`` -> ``run/epoch-0003``."""
+    for ext in ('.params', '.json', '.states'):
+        if path.endswith(ext):
+            return path[:-len(ext)]
+    return path
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path, write):
+    """Call ``write(tmp_path)``, flush the file to disk, rename it to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save(prefix, net, meta, trainer=None):
+    """Write the checkpoint ``prefix`` (see the module doc); ``meta`` must be JSON-able."""
+    prefix = prefix_of(prefix)
+    files = {'params': prefix + '.params'}
+    _atomic_write(files['params'], net.save_parameters)
+    if trainer is not None:
+        files['states'] = prefix + '.states'
+        _atomic_write(files['states'], trainer.save_states)
+    record = dict(meta, format=FORMAT,
+                  sha256={kind: _sha256(path) for kind, path in files.items()})
+
+    def write_json(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+    _atomic_write(prefix + '.json', write_json)
+    return prefix
+
+
+def read_meta(prefix, need_states=False):
+    """The verified metadata of checkpoint ``prefix``; raises MxnagError naming the file
+    that is missing, truncated or altered."""
+    prefix = prefix_of(prefix)
+    meta_path = prefix + '.json'
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise MxnagError('%s: checkpoint not found (no %s)' % (prefix + '.params', meta_path)) from None
+    except (OSError, ValueError) as err:
+        raise MxnagError('%s: unreadable checkpoint metadata (%s)' % (meta_path, err)) from None
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+        raise MxnagError('%s: not an mxnag checkpoint (format %r)'
+                         % (meta_path, meta.get('format') if isinstance(meta, dict) else None))
+    kinds = ['params'] + (['states'] if need_states else [])
+    for kind in kinds:
+        path = prefix + '.' + kind
+        if kind not in meta['sha256']:
+            raise MxnagError('%s: this checkpoint has no trainer states' % meta_path)
+        if not os.path.exists(path):
+            raise MxnagError('%s: missing' % path)
+        if _sha256(path) != meta['sha256'][kind]:
+            raise MxnagError('%s: checksum mismatch (truncated or altered)' % path)
+    return meta
+
+
+def epoch_prefix(directory, epoch):
+    return os.path.join(directory, 'epoch-%04d' % epoch)
+
+
+def list_epochs(directory):
+    """Checkpoint prefixes in ``directory`` (committed, i.e. with a .json), newest first."""
+    found = []
+    for path in glob.glob(os.path.join(directory, 'epoch-*.json')):
+        match = re.search(r'epoch-(\d+)\.json$', path)
+        if match:
+            found.append((int(match.group(1)), path[:-len('.json')]))
+    return [prefix for _, prefix in sorted(found, reverse=True)]
+
+
+def newest_good(directory, need_states=True):
+    """``(prefix, meta)`` of the newest checkpoint in ``directory`` that verifies, and the
+    list of ``(prefix, reason)`` skipped on the way; ``(None, None)`` if none is good."""
+    skipped = []
+    for prefix in list_epochs(directory):
+        try:
+            return prefix, read_meta(prefix, need_states), skipped
+        except MxnagError as err:
+            skipped.append((prefix, str(err)))
+    return None, None, skipped
+
+
+def prune(directory, keep):
+    """Delete all but the newest ``keep`` checkpoints in ``directory``."""
+    for prefix in list_epochs(directory)[keep:]:
+        for ext in ('.json', '.states', '.params'):  # the commit mark first
+            if os.path.exists(prefix + ext):
+                os.remove(prefix + ext)

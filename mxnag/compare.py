@@ -1,0 +1,164 @@
+"""The MNIST optimizer comparison behind the README's results table: each optimizer with
+its tuned learning rate, on mlp and lenet, over several seeds; final test accuracy
+(mean ± std), epochs and seconds to reach a target; JSON, Markdown and a PNG plot.
+
+Learning rates were tuned by ``recipes/compare_optimizers.py --tune``: one epoch of each
+model on the first 50,000 training images per grid value, the best accuracy on the last
+10,000 (never the test set) wins. ``TUNED_LR`` holds what that command printed.
+"""
+import argparse
+import statistics
+
+from . import data, engine, experiment
+
+OPTIMIZERS = ('sgd', 'nag', 'adam', 'nadam', 'adanag', 'adan')
+# fixed hyperparameters besides the learning rate
+OPTIMIZER_ARGS = {'sgd': {}, 'nag': {'momentum': 0.9}, 'adam': {}, 'nadam': {}, 'adanag': {},
+                  'adan': {}}
+LR_GRID = {'sgd': (0.03, 0.1, 0.3), 'nag': (0.01, 0.03, 0.1), 'adam': (3e-4, 1e-3, 3e-3),
+           'nadam': (3e-4, 1e-3, 3e-3), 'adanag': (1e-3, 2e-3, 4e-3),
+           'adan': (1e-3, 2e-3, 4e-3)}
+TUNED_LR = {
+    'mlp': {'sgd': 0.1, 'nag': 0.03, 'adam': 1e-3, 'nadam': 1e-3, 'adanag': 2e-3, 'adan': 2e-3},
+    'lenet': {'sgd': 0.1, 'nag': 0.03, 'adam': 1e-3, 'nadam': 1e-3, 'adanag': 2e-3, 'adan': 2e-3},
+}
+TARGETS = {'mlp': 0.98, 'lenet': 0.99}
+
+
+def run_args(model, optimizer, lr, epochs, seed, batch_size=128, data_dir=None, classes=None):
+    """The argparse namespace of one training run, as the recipes would build it."""
+    return argparse.Namespace(
+        model=model, optimizer=optimizer, lr=lr,
+        opt_arg=['%s=%r' % kv for kv in OPTIMIZER_ARGS.get(optimizer, {}).items()],
+        epochs=epochs, batch_size=batch_size, lr_schedule='constant', warmup_epochs=0.0,
+        lr_step_epochs=[], lr_factor=0.1, ctx='cpu', kvstore='device', seed=seed,
+        target_accuracy=None, dataset='mnist', data_dir=data_dir, classes=classes, shots=None,
+        out=None, log=None, checkpoint_dir=None, keep=1, resume=False, no_progress=True)
+
+
+def train_once(args, train_loader, test_loader, log=None):
+    """Train a fresh ``args.model`` with ``args``; returns the history."""
+    if log:
+        args.log = log
+    net = experiment.new_model(args.model, 10, [experiment.engine.mx.cpu()], args.seed)
+    config = experiment.config_of(args, num_classes=10)
+    history, _, _ = experiment.train(net, args, train_loader, test_loader,
+                                     engine.parse_contexts('cpu'), config,
+                                     '%s/%s/%s' % (args.model, args.optimizer, args.seed))
+    return history
+
+
+def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=print):
+    """The best learning rate of each grid in ``LR_GRID`` by validation accuracy."""
+    splits = data.load('mnist', data_dir)
+    x, y = splits['train']
+    x = data.normalize(x)
+    train = data.ArrayLoader(x[:50000], y[:50000], 128, seed=seed)
+    valid = data.ArrayLoader(x[50000:], y[50000:], 1000, shuffle=False)
+    best = {}
+    for model in models:
+        best[model] = {}
+        for optimizer in optimizers:
+            scores = {}
+            for lr in LR_GRID[optimizer]:
+                history = train_once(run_args(model, optimizer, lr, epochs, seed), train, valid)
+                scores[lr] = history[-1]['test_accuracy']
+                report('tune %s %s lr=%g: validation accuracy %.4f' % (model, optimizer, lr, scores[lr]))
+            best[model][optimizer] = max(scores, key=scores.get)
+    return best
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def compare(models, optimizers, seeds, epochs, data_dir=None, lrs=None, log=None, report=print):
+    """Train every (model, optimizer, seed); returns ``{'runs': [...], 'summary': [...]}``."""
+    lrs = lrs or TUNED_LR
+    splits = data.load('mnist', data_dir)
+    train_x, test_x = data.normalize(splits['train'][0]), data.normalize(splits['test'][0])
+    runs = []
+    for model in models:
+        for optimizer in optimizers:
+            for seed in seeds:
+                train = data.ArrayLoader(train_x, splits['train'][1], 128, seed=seed)
+                test = data.ArrayLoader(test_x, splits['test'][1], 1000, shuffle=False)
+                lr = lrs[model][optimizer]
+                history = train_once(run_args(model, optimizer, lr, epochs, seed), train, test, log)
+                epoch, seconds = engine.epochs_to_reach(history, TARGETS[model])
+                runs.append({'model': model, 'optimizer': optimizer, 'seed': seed, 'lr': lr,
+                             'opt_args': OPTIMIZER_ARGS.get(optimizer, {}), 'history': history,
+                             'test_accuracy': history[-1]['test_accuracy'],
+                             'epochs_to_target': epoch, 'seconds_to_target': seconds})
+                report('%s %s seed %d: test accuracy %.4f, %s epochs to %.1f%%'
+                       % (model, optimizer, seed, history[-1]['test_accuracy'], epoch,
+                          100 * TARGETS[model]))
+    return {'runs': runs, 'summary': summarize(runs), 'epochs': epochs, 'seeds': list(seeds),
+            'targets': TARGETS}
+
+
+def summarize(runs):
+    rows = []
+    keys = []
+    for run in runs:
+        if (run['model'], run['optimizer']) not in keys:
+            keys.append((run['model'], run['optimizer']))
+    for model, optimizer in keys:
+        group = [r for r in runs if r['model'] == model and r['optimizer'] == optimizer]
+        acc, acc_std = mean_std([r['test_accuracy'] for r in group])
+        reached = [r for r in group if r['epochs_to_target'] is not None]
+        epochs, _ = mean_std([r['epochs_to_target'] for r in reached])
+        seconds, _ = mean_std([r['seconds_to_target'] for r in reached])
+        rows.append({'model': model, 'optimizer': optimizer, 'lr': group[0]['lr'],
+                     'test_accuracy_mean': acc, 'test_accuracy_std': acc_std,
+                     'reached_target': '%d/%d' % (len(reached), len(group)),
+                     'epochs_to_target_mean': epochs, 'seconds_to_target_mean': seconds})
+    return rows
+
+
+def markdown(result):
+    lines = ['| model | optimizer | lr | test accuracy (%%, mean ± std over %d seeds, %d epochs) '
+             '| runs reaching target | epochs to target | seconds to target |'
+             % (len(result['seeds']), result['epochs']),
+             '|---|---|---|---|---|---|---|']
+    for row in result['summary']:
+        target = '%.1f%%' % (100 * result['targets'][row['model']])
+        lines.append('| %s | %s | %g | %.2f ± %.2f | %s (%s) | %s | %s |' % (
+            row['model'], row['optimizer'], row['lr'], 100 * row['test_accuracy_mean'],
+            100 * row['test_accuracy_std'], row['reached_target'], target,
+            '-' if row['epochs_to_target_mean'] is None else '%.1f' % row['epochs_to_target_mean'],
+            '-' if row['seconds_to_target_mean'] is None else '%.0f' % row['seconds_to_target_mean']))
+    return '\n'.join(lines) + '\n'
+
+
+def plot(result, path):
+    """Test accuracy and training loss per epoch, mean over seeds, one line per optimizer."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    models = sorted({r['model'] for r in result['runs']})
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    for col, model in enumerate(models):
+        for optimizer in OPTIMIZERS:
+            group = [r for r in result['runs'] if r['model'] == model and r['optimizer'] == optimizer]
+            if not group:
+                continue
+            n = min(len(r['history']) for r in group)
+            epochs = list(range(1, n + 1))
+            for row, key in enumerate(('test_accuracy', 'train_loss')):
+                values = [statistics.mean(r['history'][e][key] for r in group) for e in range(n)]
+                axes[row][col].plot(epochs, values, marker='o', label=optimizer)
+        axes[0][col].set_title('%s: test accuracy' % model)
+        axes[0][col].set_ylim(TARGETS[model] - 0.02, 1.0)
+        axes[1][col].set_title('%s: training loss' % model)
+        axes[1][col].set_yscale('log')
+        for row in range(2):
+            axes[row][col].set_xlabel('epoch')
+            axes[row][col].legend()
+            axes[row][col].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,204 @@
+"""Training and evaluation with ``gluon.Trainer``: contexts, any registered optimizer by
+name, learning-rate schedules, accuracy and cross-entropy, a live progress bar, a
+JSON-lines metrics log, checkpoints every epoch, exact resume and early stop.
+
+Reproducibility: the data order of epoch ``e`` depends only on ``(seed, e)`` and MXNet's
+RNG is re-seeded from ``(seed, e)`` when the epoch starts, so a run resumed from the
+checkpoint of epoch ``e`` continues exactly as the uninterrupted run (on CPU).
+"""
+import ast
+import json
+import os
+import time
+
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from . import checkpoint, optim  # noqa: F401  (optim registers 'adanag' and 'adan')
+from .errors import MxnagError
+
+SCHEDULES = ('constant', 'step', 'cosine')
+
+
+def parse_contexts(spec):
+    """``'cpu'``, ``'cpu:0,cpu:1'``, ``'gpu:0,gpu:1'`` -> list of ``mx.Context``."""
+    contexts = []
+    for part in (p.strip() for p in str(spec).split(',')):
+        kind, _, index = part.partition(':')
+        if kind not in ('cpu', 'gpu') or (index and not index.isdigit()):
+            raise MxnagError('--ctx: %r is not like cpu, cpu:1 or gpu:0,gpu:1' % part)
+        ctx = mx.Context(kind, int(index or 0))
+        if kind == 'gpu' and ctx.device_id >= mx.context.num_gpus():
+            raise MxnagError('--ctx: %s does not exist (this machine has %d GPUs)'
+                             % (part, mx.context.num_gpus()))
+        if ctx in contexts:
+            raise MxnagError('--ctx: %s given twice' % part)
+        contexts.append(ctx)
+    return contexts
+
+
+def parse_opt_args(pairs):
+    """``['beta2=0.99', 'decoupled_wd=False']`` -> ``{'beta2': 0.99, 'decoupled_wd': False}``."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition('=')
+        if not sep or not key.strip().isidentifier():
+            raise MxnagError('--opt-arg: %r is not like name=value' % pair)
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def make_lr_scheduler(kind, base_lr, steps_per_epoch, epochs, warmup_epochs=0.0,
+                      step_epochs=(), factor=0.1):
+    """An ``mx.lr_scheduler`` (or None for a constant rate): ``constant``, ``step``
+    (multiply by ``factor`` at each of ``step_epochs``) or ``cosine`` (to 0 at the end),
+    each after ``warmup_epochs`` of linear warm-up from 0."""
+    if kind not in SCHEDULES:
+        raise MxnagError('--lr-schedule: %r is not one of %s' % (kind, ', '.join(SCHEDULES)))
+    if warmup_epochs < 0 or warmup_epochs > epochs:
+        raise MxnagError('--warmup-epochs: must be in [0, epochs=%d], got %r' % (epochs, warmup_epochs))
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if kind == 'cosine':
+        return mx.lr_scheduler.CosineScheduler(max(epochs * steps_per_epoch, warmup + 1), base_lr,
+                                               0.0, warmup_steps=warmup)
+    if kind == 'step':
+        steps = [int(e * steps_per_epoch) for e in step_epochs]
+        if not steps or steps != sorted(set(steps)) or steps[0] < 1:
+            raise MxnagError('--lr-step-epochs: need increasing epochs > 0, got %r' % (step_epochs,))
+        return mx.lr_scheduler.MultiFactorScheduler(steps, factor, base_lr, warmup_steps=warmup)
+    if warmup:
+        return mx.lr_scheduler.FactorScheduler(10 ** 12, 1.0, base_lr=base_lr, warmup_steps=warmup)
+    return None
+
+
+def make_optimizer(name, learning_rate, opt_args=None, lr_scheduler=None):
+    """Any registered optimizer by name, its arguments checked: MxnagError if unknown."""
+    key = str(name).lower()
+    registry = mx.optimizer.Optimizer.opt_registry
+    if key not in registry:
+        raise MxnagError('--optimizer: unknown %r; registered: %s' % (name, ', '.join(sorted(registry))))
+    kwargs = dict(opt_args or {})
+    if learning_rate is not None:  # None: the optimizer's own default
+        kwargs['learning_rate'] = learning_rate
+    if lr_scheduler is not None:
+        kwargs['lr_scheduler'] = lr_scheduler
+    try:
+        return mx.optimizer.create(key, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise MxnagError('--optimizer %s: %s' % (key, err)) from None
+
+
+class MetricsLog:
+    """Appends one JSON object per line and flushes it, so the log can be followed live
+    (``tail -f``) or plotted mid-run."""
+
+    def __init__(self, path):
+        self.path = path
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(self, **record):
+        if self.path:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps(dict(record, time=round(time.time(), 3))) + '\n')
+
+
+def _split(x, y, contexts):
+    return (gluon.utils.split_and_load(x, contexts, even_split=False),
+            gluon.utils.split_and_load(y, contexts, even_split=False))
+
+
+def evaluate(net, loader, contexts):
+    """``{'accuracy': ..., 'loss': ...}`` (mean cross-entropy) of ``net`` over ``loader``."""
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    total_loss = mx.nd.zeros(1, ctx=contexts[0])
+    correct = mx.nd.zeros(1, ctx=contexts[0])
+    count = 0
+    for x, y in loader:
+        xs, ys = _split(x, y, contexts)
+        for a, b in zip(xs, ys):
+            out = net(a)
+            total_loss += loss_fn(out, b).sum().as_in_context(contexts[0])
+            correct += (out.argmax(axis=1) == b.astype(out.dtype)).sum().as_in_context(contexts[0])
+        count += x.shape[0]
+    return {'accuracy': float(correct.asscalar()) / count, 'loss': float(total_loss.asscalar()) / count}
+
+
+def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, start_epoch=0,
+        history=None, log=None, checkpoint_dir=None, keep=3, meta=None, target_accuracy=None,
+        progress=True):
+    """Train ``net`` from ``start_epoch`` to ``epochs``, evaluating on ``test_loader``
+    after each epoch; returns the history (one dict per epoch).
+
+    With ``checkpoint_dir`` it writes a checkpoint after every epoch (``meta`` plus the
+    epoch and history), keeping the newest ``keep``. With ``target_accuracy`` it stops
+    after the first epoch whose test accuracy reaches it.
+    """
+    from tqdm import tqdm
+    log = log or MetricsLog(None)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    history = list(history or [])
+    elapsed = history[-1]['elapsed'] if history else 0.0
+    for epoch in range(start_epoch, epochs):
+        if target_accuracy is not None and history and history[-1]['test_accuracy'] >= target_accuracy:
+            break
+        mx.random.seed(seed * 100003 + epoch)
+        train_loader.epoch = epoch
+        start = time.time()
+        total_loss = mx.nd.zeros(1, ctx=contexts[0])
+        correct = mx.nd.zeros(1, ctx=contexts[0])
+        seen = 0
+        bar = tqdm(total=len(train_loader), desc='epoch %d/%d' % (epoch + 1, epochs),
+                   disable=not progress, unit='batch', dynamic_ncols=True, mininterval=1.0)
+        for batch, (x, y) in enumerate(train_loader):
+            xs, ys = _split(x, y, contexts)
+            with autograd.record():
+                outs = [net(a) for a in xs]
+                losses = [loss_fn(o, b) for o, b in zip(outs, ys)]
+            autograd.backward(losses)
+            trainer.step(x.shape[0])
+            for o, b, loss in zip(outs, ys, losses):
+                total_loss += loss.sum().as_in_context(contexts[0])
+                correct += (o.argmax(axis=1) == b.astype(o.dtype)).sum().as_in_context(contexts[0])
+            seen += x.shape[0]
+            bar.update(1)
+            if progress and (batch % 50 == 49 or batch + 1 == len(train_loader)):
+                mean_loss = float(total_loss.asscalar()) / seen
+                accuracy = float(correct.asscalar()) / seen
+                rate = seen / (time.time() - start)
+                bar.set_postfix(loss='%.4f' % mean_loss, acc='%.4f' % accuracy, img_s='%.0f' % rate)
+                log.write(event='batch', epoch=epoch + 1, batch=batch + 1, loss=mean_loss,
+                          accuracy=accuracy, images_per_sec=rate)
+        train_loss = float(total_loss.asscalar()) / seen
+        train_accuracy = float(correct.asscalar()) / seen
+        seconds = time.time() - start
+        bar.close()
+        elapsed += seconds
+        test = evaluate(net, test_loader, contexts)
+        record = {'epoch': epoch + 1, 'train_loss': train_loss, 'train_accuracy': train_accuracy,
+                  'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
+                  'learning_rate': trainer.learning_rate, 'seconds': seconds, 'elapsed': elapsed,
+                  'images_per_sec': seen / seconds}
+        history.append(record)
+        log.write(event='epoch', **record)
+        if progress:
+            tqdm.write('epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f  (%.1f s, %.0f img/s)'
+                       % (epoch + 1, epochs, train_loss, train_accuracy, test['accuracy'],
+                          seconds, seen / seconds))
+        if checkpoint_dir:
+            checkpoint.save(checkpoint.epoch_prefix(checkpoint_dir, epoch + 1), net,
+                            dict(meta or {}, epoch=epoch + 1, history=history), trainer)
+            checkpoint.prune(checkpoint_dir, keep)
+    return history
+
+
+def epochs_to_reach(history, accuracy):
+    """``(epoch, elapsed seconds)`` when test accuracy first reached ``accuracy``, or
+    ``(None, None)``."""
+    for record in history:
+        if record['test_accuracy'] >= accuracy:
+            return record['epoch'], record['elapsed']
+    return None, None

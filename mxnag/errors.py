@@ -1,0 +1,6 @@
+"""The one exception type for bad input that the user can fix."""
+
+
+class MxnagError(ValueError):
+    """Bad input: a missing or corrupted file, an unknown name, an argument out of range.
+    The message names what is wrong in one line; command-line tools print it and exit 2."""

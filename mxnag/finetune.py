@@ -1,0 +1,49 @@
+"""Fine-tuning: a pretrained mxnag checkpoint, a new output layer for the new classes,
+and the feature extractor either frozen or trained with a smaller learning rate."""
+import mxnet as mx
+from mxnet.gluon import nn
+
+from . import checkpoint, models
+from .errors import MxnagError
+
+
+def load_pretrained(path, contexts, model=None):
+    """``(net, meta)``: the network saved in checkpoint ``path``, its parameters loaded on
+    ``contexts``. ``model``, if given, must be the checkpoint's model."""
+    meta = checkpoint.read_meta(path)
+    if model is not None and model != meta.get('model'):
+        raise MxnagError('%s: checkpoint of a %s model, not %s'
+                         % (checkpoint.prefix_of(path) + '.params', meta.get('model'), model))
+    net = models.get_model(meta['model'], meta['num_classes'], hybridize=False)
+    try:
+        net.load_parameters(checkpoint.prefix_of(path) + '.params', ctx=contexts)
+    except (AssertionError, mx.base.MXNetError) as err:
+        raise MxnagError('%s: parameters do not fit a %s model (%s)'
+                         % (checkpoint.prefix_of(path) + '.params', meta['model'],
+                            str(err).splitlines()[0])) from None
+    return net, meta
+
+
+def replace_head(net, classes, contexts, initializer=None):
+    """Give ``net`` a new, freshly initialised output layer with ``classes`` outputs."""
+    attr = models.output_layer_name(net)
+    with net.name_scope():
+        head = nn.Dense(classes)
+    setattr(net, attr, head)
+    head.initialize(initializer or mx.init.Xavier(), ctx=contexts)
+    return head
+
+
+def set_feature_training(net, head, mode, lr_mult=0.1):
+    """``mode='freeze'``: the parameters outside ``head`` get no gradient;
+    ``mode='lr_mult'``: they train with ``lr_mult`` times the learning rate."""
+    head_params = set(head.collect_params().values())
+    for param in net.collect_params().values():
+        if param in head_params:
+            continue
+        if mode == 'freeze':
+            param.grad_req = 'null'
+        elif mode == 'lr_mult':
+            param.lr_mult = lr_mult
+        else:
+            raise MxnagError("features: mode must be 'freeze' or 'lr_mult', got %r" % mode)

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""The MNIST results table: sgd, nag, adam, nadam (MXNet's built-ins), adanag and adan on
+mlp and lenet over several seeds.
+
+    python recipes/compare_optimizers.py --data-dir ../shared/data/mnist --out-dir results/
+
+Writes results/compare.json (every run's history), results/compare.md (the table in the
+README) and results/compare.png (test accuracy and training loss per epoch). Each
+optimizer uses its tuned learning rate (mxnag.compare.TUNED_LR); --tune re-derives them:
+one epoch per grid value on the first 50k training images, scored on the last 10k.
+"""
+import argparse
+import json
+import os
+import sys
+
+from mxnag import compare, experiment
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('--data-dir', help='directory with the MNIST IDX files')
+    parser.add_argument('--models', default='mlp,lenet')
+    parser.add_argument('--optimizers', default=','.join(compare.OPTIMIZERS))
+    parser.add_argument('--seeds', type=experiment.positive_int, default=3)
+    parser.add_argument('--epochs', type=experiment.positive_int, default=10)
+    parser.add_argument('--out-dir', default='results')
+    parser.add_argument('--log', help='JSON-lines metrics log of all runs')
+    parser.add_argument('--tune', action='store_true',
+                        help='tune the learning rates instead (writes tuned_lr.json)')
+    parser.add_argument('--lrs', help='JSON file of learning rates {model: {optimizer: lr}}')
+    args = parser.parse_args(argv)
+    models = args.models.split(',')
+    optimizers = args.optimizers.split(',')
+    for model in models:
+        if model not in compare.TARGETS:
+            raise experiment.MxnagError('--models: %r is not one of %s' % (model, ', '.join(compare.TARGETS)))
+    for optimizer in optimizers:
+        if optimizer not in compare.LR_GRID:
+            raise experiment.MxnagError('--optimizers: %r is not one of %s'
+                                        % (optimizer, ', '.join(compare.OPTIMIZERS)))
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.tune:
+        best = compare.tune(models, optimizers, args.data_dir)
+        experiment.write_json(os.path.join(args.out_dir, 'tuned_lr.json'), best)
+        print(json.dumps(best, indent=1))
+        return 0
+    lrs = None
+    if args.lrs:
+        with open(args.lrs) as f:
+            lrs = json.load(f)
+    result = compare.compare(models, optimizers, range(args.seeds), args.epochs, args.data_dir,
+                             lrs, args.log)
+    result['command'] = ' '.join(['python', 'recipes/compare_optimizers.py'] + (argv or sys.argv[1:]))
+    experiment.write_json(os.path.join(args.out_dir, 'compare.json'), result)
+    table = compare.markdown(result)
+    with open(os.path.join(args.out_dir, 'compare.md'), 'w') as f:
+        f.write(table)
+    compare.plot(result, os.path.join(args.out_dir, 'compare.png'))
+    print(table)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(experiment.run_cli(main))
