@@ -1,2 +1,141 @@
-"""How one optimizer step is computed. ``composed`` builds it from NDArray operators
-(runs on every context MXNet supports); faster backends follow the same signatures."""
+"""How one optimizer step is computed, and on which backend.
+
+The optimizers compute every step-dependent scalar on the host and call the functions
+here, which pick, per group of parameters:
+
+* ``fused-cpu``: the single-pass C++/OpenMP operators of ``src/fused_cpu.cc``, built and
+  cached on first use (``build``) and loaded into MXNet (``fused_cpu``); float32 and
+  float64 weights, float16 weights with float32 master weights; a whole group per call;
+* ``cuda``: the same update as a CUDA kernel (``src/fused_cuda.cu``) compiled at run time
+  by ``mx.rtc`` for weights on a GPU context;
+* ``composed``: NDArray operators (``composed``), on any context and dtype: the fallback
+  when nothing is compiled (no compiler, a failed build, ``MXNAG_FUSED=0``).
+
+Every backend implements the maths of ``composed`` and agrees with the float64
+references of the tests to float32 rounding. Nothing here synchronises with the host.
+Only ``mxnet.ndarray`` is imported at module level (a kvstore server unpickling an
+optimizer has no more); the library and ``mx.rtc`` are loaded on the first update.
+"""
+import numpy
+
+from . import composed, cuda, fused_cpu
+
+__all__ = ['adanag_update', 'adan_update', 'multi_adanag_update', 'multi_adan_update',
+           'backend_for']
+
+ADANAG_SHARED = ('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'epsilon')
+ADANAG_PER_TENSOR = ('wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale')
+ADAN_SHARED = ('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon')
+ADAN_PER_TENSOR = ('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_scale',
+                   'weight_divisor')
+_NAMES = {'adanag': (ADANAG_SHARED, ADANAG_PER_TENSOR), 'adan': (ADAN_SHARED, ADAN_PER_TENSOR)}
+_COMPOSED = {'adanag': composed.adanag_update, 'adan': composed.adan_update}
+_FUSED_DTYPES = (numpy.float32, numpy.float64)
+
+
+def backend_for(weight, master=None) -> str:
+    """``'fused-cpu'``, ``'cuda'`` or ``'composed'``: the backend that updates ``weight``
+    (with float32 ``master`` weight for float16 multi-precision)."""
+    dtype = numpy.dtype(weight.dtype).type
+    if master is not None:
+        fusable = dtype is numpy.float16 and numpy.dtype(master.dtype).type is numpy.float32
+    else:
+        fusable = dtype in _FUSED_DTYPES
+    if not fusable or fused_cpu.forced_off():
+        return 'composed'
+    device = weight.context.device_type
+    if device == 'cpu' and fused_cpu.available():
+        return 'fused-cpu'
+    if device == 'gpu' and cuda.available():
+        return 'cuda'
+    return 'composed'
+
+
+def adanag_update(weight, grad, mean, var, *, rescale_grad, clip_gradient, wd_into_grad,
+                  weight_scale, beta1, beta2, epsilon, grad_coef, mean_coef, var_scale):
+    """One AdaNAG step of one parameter, in place; the arguments and maths of
+    ``composed.adanag_update``, on the fastest backend available."""
+    multi_adanag_update(
+        [weight], [grad], [(mean, var)], rescale_grad=rescale_grad, clip_gradient=clip_gradient,
+        beta1=beta1, beta2=beta2, epsilon=epsilon, wd_into_grad=[wd_into_grad],
+        weight_scale=[weight_scale], grad_coef=[grad_coef], mean_coef=[mean_coef],
+        var_scale=[var_scale])
+
+
+def adan_update(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_grad,
+                clip_gradient, first_step, beta1, beta2, beta3, epsilon, mean_coef,
+                diff_coef, sq_scale, weight_scale, weight_divisor):
+    """One Adan step of one parameter, in place; the arguments and maths of
+    ``composed.adan_update``, on the fastest backend available."""
+    multi_adan_update(
+        [weight], [grad], [(mean, diff_mean, sq_mean, prev_grad)], rescale_grad=rescale_grad,
+        clip_gradient=clip_gradient, beta1=beta1, beta2=beta2, beta3=beta3, epsilon=epsilon,
+        first_step=[first_step], mean_coef=[mean_coef], diff_coef=[diff_coef],
+        sq_scale=[sq_scale], weight_scale=[weight_scale], weight_divisor=[weight_divisor])
+
+
+def multi_adanag_update(weights, grads, states, *, masters=None, rescale_grad, clip_gradient,
+                        beta1, beta2, epsilon, wd_into_grad, weight_scale, grad_coef, mean_coef,
+                        var_scale):
+    """One AdaNAG step for a group of parameters, in place.
+
+    ``states[k]`` is ``(mean, var)`` of ``weights[k]``; ``masters`` None, or the float32
+    master weights of float16 ``weights`` (states then float32, updated with the master,
+    and the float16 weight written from it in the same pass). ``rescale_grad``,
+    ``clip_gradient`` and the betas are the group's; the other coefficients are sequences,
+    one value per parameter. A group on the fused CPU backend is one operator call.
+    """
+    _multi_update('adanag', weights, grads, states, masters, locals())
+
+
+def multi_adan_update(weights, grads, states, *, masters=None, rescale_grad, clip_gradient,
+                      beta1, beta2, beta3, epsilon, first_step, mean_coef, diff_coef, sq_scale,
+                      weight_scale, weight_divisor):
+    """One Adan step for a group of parameters, in place; ``states[k]`` is
+    ``(mean, diff_mean, sq_mean, prev_grad)``; otherwise as ``multi_adanag_update``
+    (``first_step`` per parameter: its previous gradient is taken to be the current one)."""
+    _multi_update('adan', weights, grads, states, masters, locals())
+
+
+def _multi_update(algorithm, weights, grads, states, masters, arguments):
+    """Split the group by backend and context, and run each part on its backend."""
+    shared_names, tensor_names = _NAMES[algorithm]
+    shared = {name: arguments[name] for name in shared_names}
+    per_tensor = {name: list(arguments[name]) for name in tensor_names}
+    count = len(weights)
+    if not (len(grads) == len(states) == count and all(len(v) == count for v in per_tensor.values())
+            and (masters is None or len(masters) == count)):
+        raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
+                         'coefficient need one entry per weight (%d)' % (algorithm, count))
+    parts = {}
+    for k in range(count):
+        master = masters[k] if masters is not None else None
+        key = (backend_for(weights[k], master), weights[k].context, master is not None)
+        parts.setdefault(key, []).append(k)
+    for (backend, _, has_master), members in parts.items():
+        pick = lambda seq: [seq[k] for k in members]  # noqa: E731
+        part_masters = pick(masters) if has_master else None
+        part_coefs = {name: pick(values) for name, values in per_tensor.items()}
+        if backend == 'fused-cpu':
+            fused_cpu.update(algorithm, pick(weights), pick(grads), pick(states), part_masters,
+                             shared, part_coefs)
+        elif backend == 'cuda':
+            cuda.update(algorithm, pick(weights), pick(grads), pick(states), part_masters,
+                        shared, part_coefs)
+        else:
+            _composed_update(algorithm, pick(weights), pick(grads), pick(states), part_masters,
+                             shared, part_coefs)
+
+
+def _composed_update(algorithm, weights, grads, states, masters, shared, per_tensor):
+    """The NDArray fallback, one parameter at a time; float16 with master weights as
+    MXNet's base class does it (cast the gradient, update the master, cast back)."""
+    from mxnet import ndarray as nd
+    step = _COMPOSED[algorithm]
+    for k, (weight, grad, state) in enumerate(zip(weights, grads, states)):
+        coefs = dict(shared, **{name: values[k] for name, values in per_tensor.items()})
+        if masters is None:
+            step(weight, grad, *state, **coefs)
+        else:
+            step(masters[k], grad.astype(numpy.float32), *state, **coefs)
+            nd.cast(masters[k], dtype=weight.dtype, out=weight)

@@ -8,6 +8,7 @@ at module level.
 """
 import inspect
 import numbers
+import os
 
 import numpy
 from mxnet import ndarray as nd
@@ -16,6 +17,8 @@ from mxnet.optimizer import Optimizer
 # The keyword arguments that ``mx.optimizer.Optimizer.__init__`` takes in this MXNet.
 BASE_ARGUMENTS = tuple(
     name for name in inspect.signature(Optimizer.__init__).parameters if name != 'self')
+# Parameters per fused update call by default (MXNAG_AGGREGATE_NUM overrides it).
+DEFAULT_AGGREGATE_NUM = 32
 
 
 def check_number(owner, name, value, low=None, high=None, low_open=False, high_open=False):
@@ -54,16 +57,23 @@ class MxnagOptimizer(Optimizer):
     arguments when made and keeps everything it derives from the step count per parameter.
 
     Subclasses define ``state_names`` (one zero-initialised array of the weight's shape
-    and dtype each), and ``_update_one(index, t, weight, grad, states)``.
+    and dtype each), ``_shared_coefficients()`` (the scalars every parameter shares),
+    ``_coefficients(t, lr, wd)`` (one parameter's scalars at its step ``t``) and
+    ``_multi_update`` (the ``mxnag.kernels`` function that applies them to a group).
+
+    ``aggregate_num`` (default ``$MXNAG_AGGREGATE_NUM`` or 32; 0 turns grouping off) is
+    how many parameters MXNet's Updater hands over per call; each group is one fused
+    operator call, as MXNet's SGD does with ``multi_sgd_mom_update``.
     """
     state_names = ()
 
-    def __init__(self, learning_rate=None, **kwargs):
+    def __init__(self, learning_rate=None, aggregate_num=None, **kwargs):
         owner = type(self).__name__
         unknown = sorted(set(kwargs) - set(BASE_ARGUMENTS))
         if unknown:
             raise TypeError('%s got an unexpected keyword argument %r; it takes its own '
-                            'hyperparameters and %s' % (owner, unknown[0], ', '.join(BASE_ARGUMENTS)))
+                            'hyperparameters, aggregate_num and %s'
+                            % (owner, unknown[0], ', '.join(BASE_ARGUMENTS)))
         if learning_rate is None:
             scheduler = kwargs.get('lr_scheduler')
             learning_rate = scheduler.base_lr if scheduler is not None else self.default_learning_rate
@@ -79,7 +89,12 @@ class MxnagOptimizer(Optimizer):
             raise ValueError('%s: begin_num_update must be an integer >= 0, got %r' % (owner, begin))
         if 'multi_precision' in kwargs:
             kwargs['multi_precision'] = check_bool(owner, 'multi_precision', kwargs['multi_precision'])
+        aggregate_num = default_aggregate_num(owner) if aggregate_num is None else aggregate_num
+        if isinstance(aggregate_num, bool) or not isinstance(aggregate_num, numbers.Integral) \
+                or aggregate_num < 0:
+            raise ValueError('%s: aggregate_num must be an integer >= 0, got %r' % (owner, aggregate_num))
         super().__init__(learning_rate=learning_rate, **kwargs)
+        self.aggregate_num = int(aggregate_num)  # MXNet's Updater groups updates when > 0
 
     # -- states ---------------------------------------------------------------
     def create_state(self, index, weight):
@@ -89,18 +104,61 @@ class MxnagOptimizer(Optimizer):
 
     # -- one step -------------------------------------------------------------
     def update(self, index, weight, grad, state):
-        _check_dense(self, index, weight, 'weight')
-        _check_dense(self, index, grad, 'gradient')
-        self._update_count(index)
-        t = self._index_update_count[index]
-        self._update_one(index, t, weight, grad, state)
+        """One step of one parameter, or of a group (tuples of indices, weights, grads
+        and states, as MXNet's Updater passes them when ``aggregate_num > 0``)."""
+        self._step(index, weight, grad, state, use_master=False)
+
+    def update_multi_precision(self, index, weight, grad, state):
+        """``update``; float16 weights with ``multi_precision`` update their float32
+        master weight and write the float16 weight in the same pass (MXNet's base class
+        would cast in separate passes)."""
+        self._step(index, weight, grad, state, use_master=self.multi_precision)
+
+    def _step(self, index, weight, grad, state, use_master):
+        if isinstance(index, (tuple, list)):
+            indices, weights, grads, states = list(index), list(weight), list(grad), list(state)
+        else:
+            indices, weights, grads, states = [index], [weight], [grad], [state]
+        for i, w, g in zip(indices, weights, grads):
+            _check_dense(self, i, w, 'weight')
+            _check_dense(self, i, g, 'gradient')
+        self._update_count(indices)
+        masters = None
+        if use_master and any(w.dtype == numpy.float16 for w in weights):
+            masters = [s[0] if w.dtype == numpy.float16 else None for w, s in zip(weights, states)]
+            states = [s[1] if w.dtype == numpy.float16 else s for w, s in zip(weights, states)]
+        lrs, wds = self._get_lrs(indices), self._get_wds(indices)
+        per_param = [self._coefficients(self._index_update_count[i], lr, wd)
+                     for i, lr, wd in zip(indices, lrs, wds)]
+        columns = {name: [c[name] for c in per_param] for name in per_param[0]}
+        self._multi_update(weights, grads, states, masters=masters,
+                           **self._shared_coefficients(), **columns)
 
     def _is_first_step(self, t):
         """Whether step ``t`` is this parameter's first on the current device."""
         return t == self.begin_num_update + 1
 
-    def _update_one(self, index, t, weight, grad, state):
+    def _shared_coefficients(self):
         raise NotImplementedError
+
+    def _coefficients(self, t, lr, wd):
+        raise NotImplementedError
+
+    @staticmethod
+    def _multi_update(weights, grads, states, **coefficients):
+        raise NotImplementedError
+
+
+def default_aggregate_num(owner='mxnag'):
+    """``$MXNAG_AGGREGATE_NUM`` or DEFAULT_AGGREGATE_NUM."""
+    text = os.environ.get('MXNAG_AGGREGATE_NUM')
+    if text is None:
+        return DEFAULT_AGGREGATE_NUM
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError('%s: MXNAG_AGGREGATE_NUM must be an integer >= 0, got %r'
+                         % (owner, text)) from None
 
 
 def _check_dense(optimizer, index, array, what):

@@ -11,7 +11,7 @@ References:
 """
 from mxnet.optimizer import Optimizer
 
-from ..kernels import composed
+from .. import kernels
 from ._common import MxnagOptimizer, check_beta, check_bool, check_number
 
 
@@ -63,15 +63,18 @@ class Adan(MxnagOptimizer):
         self.no_prox = check_bool(owner, 'no_prox', no_prox)
         super().__init__(learning_rate=learning_rate, **kwargs)
 
-    def _update_one(self, index, t, weight, grad, state):
-        lr, wd = self._get_lr(index), self._get_wd(index)
-        composed.adan_update(
-            weight, grad, *state,
-            rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
-            first_step=self._is_first_step(t),
-            beta1=self.beta1, beta2=self.beta2, beta3=self.beta3, epsilon=self.epsilon,
-            mean_coef=lr / (1.0 - self.beta1 ** t),
-            diff_coef=lr * self.beta2 / (1.0 - self.beta2 ** t),
-            sq_scale=(1.0 - self.beta3 ** t) ** -0.5,
-            weight_scale=1.0 - lr * wd if self.no_prox else 1.0,
-            weight_divisor=1.0 if self.no_prox else 1.0 + lr * wd)
+    _multi_update = staticmethod(kernels.multi_adan_update)
+
+    def _shared_coefficients(self):
+        return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,
+                'beta1': self.beta1, 'beta2': self.beta2, 'beta3': self.beta3,
+                'epsilon': self.epsilon}
+
+    def _coefficients(self, t, lr, wd):
+        """The scalars of one parameter at its step ``t`` (see the class docstring)."""
+        return {'first_step': self._is_first_step(t),
+                'mean_coef': lr / (1.0 - self.beta1 ** t),
+                'diff_coef': lr * self.beta2 / (1.0 - self.beta2 ** t),
+                'sq_scale': (1.0 - self.beta3 ** t) ** -0.5,
+                'weight_scale': 1.0 - lr * wd if self.no_prox else 1.0,
+                'weight_divisor': 1.0 if self.no_prox else 1.0 + lr * wd}

@@ -13,7 +13,7 @@ References:
 """
 from mxnet.optimizer import Optimizer
 
-from ..kernels import composed
+from .. import kernels
 from ._common import MxnagOptimizer, check_beta, check_bool, check_number
 
 
@@ -82,17 +82,18 @@ class AdaNAG(MxnagOptimizer):
             products.append(products[-1] * self._mu(len(products)))
         return products[t]
 
-    def _update_one(self, index, t, weight, grad, state):
-        lr, wd = self._get_lr(index), self._get_wd(index)
+    _multi_update = staticmethod(kernels.multi_adanag_update)
+
+    def _shared_coefficients(self):
+        return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,
+                'beta1': self.beta1, 'beta2': self.beta2, 'epsilon': self.epsilon}
+
+    def _coefficients(self, t, lr, wd):
+        """The scalars of one parameter at its step ``t`` (see the class docstring)."""
         mu, mu_next = self._mu(t), self._mu(t + 1)
         prod = self._mu_product(t)
-        mean, var = state
-        composed.adanag_update(
-            weight, grad, mean, var,
-            rescale_grad=self.rescale_grad, clip_gradient=self.clip_gradient,
-            wd_into_grad=0.0 if self.decoupled_wd else wd,
-            weight_scale=1.0 - lr * wd if self.decoupled_wd else 1.0,
-            beta1=self.beta1, beta2=self.beta2, epsilon=self.epsilon,
-            grad_coef=lr * (1.0 - mu) / (1.0 - prod),
-            mean_coef=lr * mu_next / (1.0 - prod * mu_next),
-            var_scale=(1.0 - self.beta2 ** t) ** -0.5)
+        return {'wd_into_grad': 0.0 if self.decoupled_wd else wd,
+                'weight_scale': 1.0 - lr * wd if self.decoupled_wd else 1.0,
+                'grad_coef': lr * (1.0 - mu) / (1.0 - prod),
+                'mean_coef': lr * mu_next / (1.0 - prod * mu_next),
+                'var_scale': (1.0 - self.beta2 ** t) ** -0.5}

@@ -1,0 +1,151 @@
+"""The fused CPU operators: loading the built library into MXNet (lazily, once per
+process) and calling its operators on groups of parameters.
+
+The library registers ``mxnag_adanag_update`` and ``mxnag_adan_update`` with MXNet's
+extension-library interface. They are invoked directly through MXNet's imperative-invoke
+entry point (the one every ``mx.nd`` operator uses), so loading needs only
+``mxnet.base`` and ``mxnet.ndarray`` (a kvstore server has no more), not the regeneration
+of every operator module that ``mx.library.load`` does.
+"""
+import ctypes
+import os
+import threading
+import warnings
+
+from . import build as _build
+
+ALGORITHMS = {
+    # name: (operator, number of state arrays, group-wide attributes, per-tensor attributes)
+    'adanag': ('mxnag_adanag_update', 2,
+               ('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'epsilon'),
+               ('wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale')),
+    'adan': ('mxnag_adan_update', 4,
+             ('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon'),
+             ('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_scale', 'weight_divisor')),
+}
+OPERATORS = ('mxnag_adanag_update', 'mxnag_adan_update', 'mxnag_copy', 'mxnag_probe')
+
+
+class _Library:
+    """What this process knows about the fused library: tried or not, loaded or why not."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tried = False
+        self.handles = None   # operator name -> MXNet op handle, once loaded
+        self.path = None
+        self.reason = None    # why the fused path is off, once it failed
+
+
+_LIBRARY = _Library()
+
+
+def forced_off() -> bool:
+    """``MXNAG_FUSED=0`` (or false/off/no) forces the composed NDArray fallback."""
+    return os.environ.get('MXNAG_FUSED', '1').strip().lower() in ('0', 'false', 'off', 'no')
+
+
+def available() -> bool:
+    """Whether the fused operators can run in this process: builds and loads the library
+    on the first call; on failure warns once and returns False from then on."""
+    if forced_off():
+        return False
+    if _LIBRARY.tried:
+        return _LIBRARY.handles is not None
+    with _LIBRARY.lock:
+        if not _LIBRARY.tried:
+            try:
+                spec = _build.build()
+                _LIBRARY.handles = _load(spec['path'])
+                _LIBRARY.path = spec['path']
+            except Exception as err:  # noqa: BLE001  (any failure means: fall back)
+                _LIBRARY.reason = '%s: %s' % (type(err).__name__, err)
+                warnings.warn('mxnag: fused CPU optimizer kernels unavailable, using the slower '
+                              'composed NDArray update (%s)' % _LIBRARY.reason, RuntimeWarning,
+                              stacklevel=3)
+            _LIBRARY.tried = True
+    return _LIBRARY.handles is not None
+
+
+def status() -> dict:
+    """Whether the fused path is active and, if not, why (for ``python -m mxnag.ops info``)."""
+    if forced_off():
+        return {'active': False, 'reason': 'MXNAG_FUSED=%s' % os.environ['MXNAG_FUSED'],
+                'path': _LIBRARY.path}
+    return {'active': _LIBRARY.handles is not None, 'reason': _LIBRARY.reason,
+            'path': _LIBRARY.path, 'tried': _LIBRARY.tried}
+
+
+def _op_handle(name):
+    from mxnet.base import _LIB, NDArrayHandle, c_str, check_call  # noqa: F401  (lazy)
+    handle = ctypes.c_void_p()
+    check_call(_LIB.NNGetOpHandle(c_str(name), ctypes.byref(handle)))
+    return handle.value
+
+
+def _load(path):
+    """Register the library's operators with MXNet (unless this process already did, e.g.
+    through ``mx.library.load``) and return their handles."""
+    from mxnet.base import _LIB, MXNetError, c_str, check_call, mx_uint
+    try:
+        return {name: _op_handle(name) for name in OPERATORS}
+    except MXNetError:
+        pass  # not registered yet
+    check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
+    return {name: _op_handle(name) for name in OPERATORS}
+
+
+def _number(value) -> str:
+    """A float attribute, exactly (repr round-trips a double; strtod reads 'inf'/'nan')."""
+    return repr(float(value))
+
+
+def invoke(name, inputs, keys, values, out):
+    """Call operator ``name`` of the library imperatively (asynchronously, like any
+    ``mx.nd`` operator); ``out`` is written in place."""
+    from mxnet.ndarray._internal import _imperative_invoke
+    _imperative_invoke(_LIBRARY.handles[name], inputs, keys, values, out, False, True)
+
+
+def update(algorithm, weights, grads, states, masters, shared, per_tensor):
+    """One fused step of ``algorithm`` for a group of parameters on one CPU context.
+
+    ``states[k]`` is the tuple of state arrays of weight k; ``masters`` is None or, for
+    float16 weights, their float32 master weights; ``shared`` maps the group-wide
+    attributes to numbers, ``per_tensor`` the per-tensor ones to sequences.
+    """
+    operator, _, shared_names, tensor_names = ALGORITHMS[algorithm]
+    inputs = []
+    for k, (weight, grad, state) in enumerate(zip(weights, grads, states)):
+        inputs.append(weight)
+        inputs.append(grad)
+        inputs.extend(state)
+        if masters is not None:
+            inputs.append(masters[k])
+    clip = shared['clip_gradient']
+    keys = ['num_weights', 'multi_precision']
+    values = [str(len(weights)), '1' if masters is not None else '0']
+    for name in shared_names:
+        keys.append(name)
+        value = shared[name]
+        values.append(_number(-1.0 if name == 'clip_gradient' and clip is None else value))
+    for name in tensor_names:
+        keys.append(name)
+        values.append(','.join(_number(v) for v in per_tensor[name]))
+    invoke(operator, inputs, keys, values, list(weights))
+
+
+def probe():
+    """(omp_get_max_threads() inside MXNet's engine, threads the operators use,
+    omp_get_num_procs()), measured by running ``mxnag_probe`` on the engine."""
+    from mxnet import ndarray as nd
+    if not available():
+        return None
+    out = nd.zeros((3,), dtype='int32')
+    invoke('mxnag_probe', [nd.zeros((1,))], [], [], [out])
+    return tuple(int(v) for v in out.asnumpy())
+
+
+def copy(src, dst):
+    """``dst[:] = src`` with the operators' threads (the benchmark's bandwidth floor)."""
+    invoke('mxnag_copy', [src], [], [], [dst])

@@ -1,0 +1,454 @@
+"""The update backends of mxnag.kernels against the float64 references: the fused CPU
+operators (float32, float16 with master weights, float64), aggregated groups, the composed
+fallback, the CUDA source (nvcc, CuPy), NaN propagation, and the build cache.
+
+Bounds are those of test_optim.py (displacement relative error over 30 steps).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import mxnag  # noqa: F401
+from mxnag import kernels
+from mxnag.kernels import build, cuda, fused_cpu
+from reference import relative_error
+from test_optim import (FLOAT32_BOUND, FLOAT64_BOUND, OPTIONS, REFERENCES, STEPS, random_problem,
+                        run_updater)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_COMPILER = any(shutil.which(c) for c in ([os.environ['CXX']] if os.environ.get('CXX')
+                                             else ['c++', 'g++', 'clang++']))
+needs_fused = pytest.mark.skipif(not HAS_COMPILER, reason='no C++ compiler: fused CPU path not built')
+# big enough for several threads and several work chunks inside the operator
+LARGE = (300, 250)
+
+
+@pytest.fixture(autouse=True)
+def fused_on(monkeypatch):
+    """Every test starts with the fused path allowed (whatever the caller's environment)."""
+    monkeypatch.delenv('MXNAG_FUSED', raising=False)
+
+
+@pytest.fixture
+def fused():
+    """The fused CPU path, active (the library built and loaded), or a skip."""
+    if not HAS_COMPILER:
+        pytest.skip('no C++ compiler')
+    assert fused_cpu.available(), fused_cpu.status()
+    return fused_cpu
+
+
+def count_calls(monkeypatch):
+    """Record the operator calls of the fused CPU backend: a list of (operator, #inputs)."""
+    calls = []
+    original = fused_cpu.invoke
+
+    def counting(name, inputs, keys, values, out):
+        calls.append((name, len(inputs)))
+        return original(name, inputs, keys, values, out)
+    monkeypatch.setattr(fused_cpu, 'invoke', counting)
+    return calls
+
+
+# -- fused CPU, one parameter ----------------------------------------------------------------
+
+@pytest.mark.parametrize('name,case', [(n, i) for n in OPTIONS for i in range(len(OPTIONS[n]))])
+def test_fused_float32_matches_reference(name, case, rng, fused, monkeypatch):
+    kwargs, ref_kwargs = OPTIONS[name][case]
+    w0, grads = random_problem(rng, LARGE)
+    calls = count_calls(monkeypatch)
+    opt = mx.optimizer.create(name, learning_rate=0.01, **kwargs)
+    w, _ = run_updater(opt, w0, grads)
+    assert kernels.backend_for(w) == 'fused-cpu'
+    assert len(calls) == STEPS and all(op == 'mxnag_%s_update' % name for op, _ in calls)
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, **ref_kwargs)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_fused_float64_matches_reference(name, rng, fused, monkeypatch):
+    w0, grads = random_problem(rng, LARGE)
+    calls = count_calls(monkeypatch)
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02)
+    w, updater = run_updater(opt, w0, [g.astype(np.float64) for g in grads], dtype='float64')
+    assert len(calls) == STEPS
+    assert w.dtype == np.float64 and all(s.dtype == np.float64 for s in updater.states[0])
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT64_BOUND
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_fused_float16_multi_precision_in_one_pass(name, rng, fused, monkeypatch):
+    """float16 grad in, float32 master and states updated, float16 weight written: one
+    operator call per step, the float16 weight the master rounded to nearest even."""
+    w0, grads = random_problem(rng, LARGE)
+    w0 = w0.astype(np.float16)
+    grads = [g.astype(np.float16) for g in grads]
+    calls = count_calls(monkeypatch)
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, clip_gradient=2.0,
+                              multi_precision=True)
+    w, updater = run_updater(opt, w0, grads, dtype='float16')
+    assert len(calls) == STEPS  # nothing else: no separate casts
+    master, states = updater.states[0]
+    assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in states)
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02, clip=2.0)
+    assert relative_error(w0, master.asnumpy(), ref) < FLOAT32_BOUND
+    np.testing.assert_array_equal(w.asnumpy(), master.asnumpy().astype(np.float16))
+
+
+def test_fused_equals_composed_closely(rng, fused, monkeypatch):
+    """The two CPU backends compute the same float32 maths: after 30 steps they differ by
+    float32 rounding only, far inside the reference bound."""
+    w0, grads = random_problem(rng, LARGE)
+    fused_w, _ = run_updater(mx.optimizer.create('adanag', learning_rate=0.01, wd=0.1), w0, grads)
+    monkeypatch.setenv('MXNAG_FUSED', '0')
+    composed_w, _ = run_updater(mx.optimizer.create('adanag', learning_rate=0.01, wd=0.1), w0, grads)
+    assert relative_error(w0, fused_w.asnumpy(), composed_w.asnumpy().astype(np.float64)) < 1e-4
+
+
+# -- aggregated groups ---------------------------------------------------------------------------
+
+SHAPES = [(1,), (7, 3), (5, 1, 3, 3), (300, 250), (64,), (33, 17)]
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_aggregated_groups_match_reference(name, dtype, rng, fused, monkeypatch):
+    """Six parameters of mixed shapes in groups of 4 (MXNet's Updater splits 4 + 2), with
+    per-parameter lr_mult/wd_mult, under an lr schedule, and one parameter that starts late
+    (its own step 1, Adan's first_step, inside a group of parameters past theirs)."""
+    late, base_lr = 10, 0.02
+    names = {k: 'p%d_weight' % k for k in range(len(SHAPES))}
+    scheduler = mx.lr_scheduler.FactorScheduler(step=7, factor=0.5, base_lr=base_lr)
+    opt = mx.optimizer.create(name, lr_scheduler=scheduler, wd=0.1, param_idx2name=names,
+                              aggregate_num=4, multi_precision=dtype == 'float16')
+    lr_mult = {'p1_weight': 0.5, 'p3_weight': 2.0}
+    wd_mult = {'p2_weight': 0.0, 'p3_weight': 3.0}
+    opt.set_lr_mult(lr_mult)
+    opt.set_wd_mult(wd_mult)
+    updater = mx.optimizer.get_updater(opt)
+    assert updater.aggregate_updates
+    problems = [random_problem(rng, shape) for shape in SHAPES]
+    if dtype == 'float16':
+        problems = [(w0.astype(np.float16), [g.astype(np.float16) for g in gs]) for w0, gs in problems]
+    weights = [mx.nd.array(w0, dtype=dtype) for w0, _ in problems]
+    calls = count_calls(monkeypatch)
+    for step in range(STEPS):
+        ids = [k for k in range(len(SHAPES)) if k != 4 or step >= late]
+        updater(ids, [mx.nd.array(problems[k][1][step], dtype=dtype) for k in ids],
+                [weights[k] for k in ids])
+    expected_calls = sum(-(-len([k for k in range(6) if k != 4 or s >= late]) // 4) for s in range(STEPS))
+    assert len(calls) == expected_calls
+    lrs = [base_lr * 0.5 ** ((s - 1) // 7) for s in range(1, STEPS + 1)]
+    for k, (w0, grads) in enumerate(problems):
+        key = names[k]
+        start = late if k == 4 else 0
+        ref = REFERENCES[name](w0, grads[start:], [lr * lr_mult.get(key, 1.0) for lr in lrs[start:]],
+                               wd=0.1 * wd_mult.get(key, 1.0))
+        result = updater.states[k][0] if dtype == 'float16' else weights[k]
+        assert relative_error(w0, result.asnumpy(), ref) < FLOAT32_BOUND, key
+
+
+def test_aggregation_default_and_override(monkeypatch):
+    assert mx.optimizer.create('adanag').aggregate_num == 32
+    assert mx.optimizer.create('adan', aggregate_num=0).aggregate_num == 0
+    monkeypatch.setenv('MXNAG_AGGREGATE_NUM', '7')
+    assert mx.optimizer.create('adanag').aggregate_num == 7
+    with pytest.raises(ValueError, match='aggregate_num'):
+        mx.optimizer.create('adanag', aggregate_num=-1)
+
+
+def test_multi_update_checks_lengths():
+    w = mx.nd.ones((3,))
+    with pytest.raises(ValueError, match='one entry per weight'):
+        kernels.multi_adanag_update(
+            [w, w], [w], [(w, w)], rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999,
+            epsilon=1e-8, wd_into_grad=[0.0], weight_scale=[1.0], grad_coef=[0.1],
+            mean_coef=[0.1], var_scale=[1.0])
+
+
+# -- fallback --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_forced_fallback_matches_reference(name, rng, monkeypatch):
+    monkeypatch.setenv('MXNAG_FUSED', '0')
+    calls = count_calls(monkeypatch)
+    w0, grads = random_problem(rng, (7, 3))
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.05)
+    w, _ = run_updater(opt, w0, grads)
+    assert kernels.backend_for(w) == 'composed' and calls == []
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.05)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
+
+
+def test_fallback_without_compiler_warns_once_and_is_correct(tmp_path):
+    """No compiler: one RuntimeWarning naming the cause, then correct composed updates."""
+    script = textwrap.dedent('''
+        import warnings, numpy as np, mxnet as mx, mxnag
+        from mxnag import kernels
+        from mxnag.kernels import fused_cpu
+        w = mx.nd.ones((4,)); g = mx.nd.ones((4,))
+        opt = mx.optimizer.create('adanag', learning_rate=0.1)
+        state = opt.create_state(0, w)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            for _ in range(3):
+                opt.update(0, w, g, state)
+        messages = [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)]
+        assert len(messages) == 1, messages
+        assert 'no C++ compiler' in messages[0], messages
+        assert kernels.backend_for(w) == 'composed'
+        print(w.asnumpy()[0])
+    ''')
+    env = dict(os.environ, CXX='/nonexistent/c++', MXNAG_CACHE_DIR=str(tmp_path))
+    env.pop('MXNAG_FUSED', None)
+    done = subprocess.run([sys.executable, '-c', script], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 0, done.stderr
+    # three AdaNAG steps of lr 0.1 on a constant gradient move each weight by about 0.3
+    assert 0.6 < float(done.stdout.split()[-1]) < 0.8
+
+
+# -- IEEE behaviour -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+@pytest.mark.parametrize('clip', [None, 1.0])
+def test_nan_and_inf_gradients_propagate(name, clip, fused):
+    """-ffast-math without finite-math-only: a NaN gradient gives a NaN weight (not a
+    silently finite update), an Inf one a non-finite weight; other elements are unharmed."""
+    opt = mx.optimizer.create(name, learning_rate=0.01, clip_gradient=clip)
+    w = mx.nd.ones((LARGE[0] * LARGE[1],))
+    state = opt.create_state(0, w)
+    grad = np.full(w.shape, 0.5, np.float32)
+    grad[[3, 70000]] = np.nan
+    grad[[5]] = np.inf
+    assert kernels.backend_for(w) == 'fused-cpu'
+    opt.update(0, w, mx.nd.array(grad), state)
+    result = w.asnumpy()
+    assert np.isnan(result[[3, 70000]]).all()
+    finite = np.ones(result.shape, bool)
+    finite[[3, 5, 70000]] = False
+    assert np.isfinite(result[finite]).all()
+    if clip is None:
+        assert not np.isfinite(result[5])
+
+
+def test_loading_the_library_keeps_denormals(fused):
+    """Linked without -ffast-math: loading it must not switch the process to
+    flush-to-zero (GCC's crtfastmath.o would)."""
+    tiny = np.array([1e-40], np.float32)
+    assert (tiny * np.float32(1.0))[0] != 0
+    assert (mx.nd.array(tiny) * 1.0).asnumpy()[0] != 0
+
+
+def test_wrong_dtype_is_refused(fused):
+    w = mx.nd.ones((4,))
+    with pytest.raises(mx.base.MXNetError, match='gradient 0 is float64'):
+        fused_cpu.update('adanag', [w], [mx.nd.ones((4,), dtype='float64')],
+                         [(mx.nd.zeros((4,)), mx.nd.zeros((4,)))], None,
+                         dict(rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999,
+                              epsilon=1e-8),
+                         dict(wd_into_grad=[0.0], weight_scale=[1.0], grad_coef=[0.1],
+                              mean_coef=[0.1], var_scale=[1.0]))
+        mx.nd.waitall()
+
+
+def test_threads_inside_the_engine(fused):
+    """The operators use every core although MXNet's engine lowers OpenMP's default."""
+    max_threads, used, procs = fused_cpu.probe()
+    if 'MXNAG_NUM_THREADS' not in os.environ and 'OMP_NUM_THREADS' not in os.environ \
+            and 'MXNET_OMP_MAX_THREADS' not in os.environ:
+        assert used == procs
+    assert max_threads >= 1
+
+
+def test_software_half_conversion_is_exact(tmp_path):
+    """The float16 conversion for compilers without _Float16, checked exhaustively
+    against NumPy (round to nearest even, subnormals, Inf, NaN)."""
+    compiler = shutil.which(os.environ.get('CXX') or 'c++') or shutil.which('g++')
+    if compiler is None:
+        pytest.skip('no C++ compiler')
+    program = tmp_path / 'half_check.cc'
+    program.write_text(textwrap.dedent('''
+        #include <cstdio>
+        #include "half.h"
+        int main() {
+          FILE* f = std::fopen("floats.bin", "rb");
+          float x; std::uint32_t bits;
+          for (std::uint32_t h = 0; h < 65536; ++h) {
+            float v = mxnag::half_to_float(static_cast<std::uint16_t>(h));
+            std::memcpy(&bits, &v, 4);
+            std::printf("%u\\n", bits);
+          }
+          while (std::fread(&x, 4, 1, f) == 1) std::printf("%u\\n", mxnag::float_to_half(x));
+          return 0;
+        }
+    '''))
+    rng = np.random.default_rng(0)
+    floats = np.concatenate([
+        rng.standard_normal(20000).astype(np.float32) * np.float32(10) ** rng.integers(-9, 6, 20000),
+        np.array([0.0, -0.0, np.inf, -np.inf, 65504, 65519.99, 65520, 1e-8, 2.98e-8, 5.96e-8,
+                  6.1e-5, 6.0e-5, 1e30], np.float32),
+        # exact ties between two float16 values, to check round-to-even
+        (np.arange(1, 2049, dtype=np.float32) + np.float32(0.5)) * np.float32(2.0 ** -14 / 1024),
+        np.arange(2049, 4097, dtype=np.float32) + np.float32(0.5)]).astype(np.float32)
+    floats.tofile(tmp_path / 'floats.bin')
+    binary = tmp_path / 'half_check'
+    subprocess.run([compiler, '-std=c++17', '-O2', '-DMXNAG_SOFT_HALF', '-I', build.SOURCE_DIR,
+                    str(program), '-o', str(binary)], check=True)
+    out = subprocess.run([str(binary)], cwd=tmp_path, check=True, stdout=subprocess.PIPE,
+                         universal_newlines=True).stdout.split()
+    values = np.array(out, dtype=np.uint64)
+    to_float = values[:65536].astype(np.uint32).view(np.float32)
+    expected = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(to_float, expected)  # NaN == NaN for assert_array_equal
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(to_float.view(np.uint32)[~nan], expected.view(np.uint32)[~nan])
+    to_half = values[65536:].astype(np.uint16)
+    np.testing.assert_array_equal(to_half, floats.astype(np.float16).view(np.uint16))
+
+
+# -- CUDA --------------------------------------------------------------------------------
+
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    nvcc = shutil.which('nvcc')
+    if nvcc is None:
+        pytest.skip('nvcc not found')
+    ptx = tmp_path / 'fused.ptx'
+    subprocess.run([nvcc, '--ptx', cuda.SOURCE_PATH, '-o', str(ptx)], check=True)
+    entries = [line.split()[2].split('(')[0] for line in ptx.read_text().splitlines()
+               if line.startswith('.visible .entry')]
+    assert sorted(entries) == sorted(cuda.kernel_name(a, d) for a in ('adanag', 'adan')
+                                     for d in ('float32', 'float64', 'float16'))
+
+
+def test_cuda_signatures_parse_for_mx_rtc():
+    """What mx.rtc will be told matches the kernels' parameter lists (count and order)."""
+    source = cuda.source()
+    for algorithm in ('adanag', 'adan'):
+        for dtype in ('float32', 'float64', 'float16'):
+            signature = cuda.kernel_signature(algorithm, dtype)
+            name = cuda.kernel_name(algorithm, dtype)
+            assert name in source
+            n = 1000
+            args = cuda.kernel_arguments(algorithm, 'g', 'w', ['s'] * len(cuda._STATES[algorithm]),
+                                         'w16' if dtype == 'float16' else None, n,
+                                         {'rescale_grad': 1.0, 'clip_gradient': None, 'beta1': 0.9,
+                                          'beta2': 0.99, 'beta3': 0.9, 'epsilon': 1e-8},
+                                         {k: 1.0 for k in cuda._SCALARS[algorithm]})
+            assert len(args) == len(signature.split(','))
+            assert args[-1] == n and signature.endswith('int64_t n')
+
+
+def _cupy_or_skip():
+    cupy = pytest.importorskip('cupy', reason='CuPy not installed: GPU kernels not run here')
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip('no CUDA GPU')
+    except cupy.cuda.runtime.CUDARuntimeError as err:
+        pytest.skip('no CUDA GPU (%s)' % err)
+    return cupy
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+@pytest.mark.parametrize('dtype', ['float32', 'float64', 'float16'])
+def test_cuda_kernels_under_cupy_match_reference(name, dtype, rng):
+    """The CUDA source, run by CuPy with the optimizer's own coefficients and the argument
+    lists mx.rtc gets, against the float64 references."""
+    cupy = _cupy_or_skip()
+    module = cupy.RawModule(code=cuda.source())
+    kernel = module.get_function(cuda.kernel_name(name, dtype))
+    w0, grads = random_problem(rng, LARGE)
+    if dtype == 'float16':
+        w0, grads = w0.astype(np.float16), [g.astype(np.float16) for g in grads]
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, clip_gradient=2.0)
+    state_dtype = np.float32 if dtype == 'float16' else dtype
+    weight = cupy.asarray(w0.astype(state_dtype))
+    weight16 = cupy.asarray(w0) if dtype == 'float16' else None
+    states = [cupy.zeros(w0.shape, state_dtype) for _ in opt.state_names]
+    for g in grads:
+        opt._update_count(0)
+        coefs = opt._coefficients(opt._index_update_count[0], opt._get_lr(0), opt._get_wd(0))
+        args = cuda.kernel_arguments(name, cupy.asarray(g.astype(dtype)), weight, states, weight16,
+                                     w0.size, opt._shared_coefficients(), coefs)
+        grid, block = cuda.launch_shape(w0.size)
+        kernel(grid, block, tuple(args))
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02, clip=2.0)
+    bound = FLOAT64_BOUND if dtype == 'float64' else FLOAT32_BOUND
+    assert relative_error(w0, cupy.asnumpy(weight), ref) < bound
+    if weight16 is not None:
+        np.testing.assert_array_equal(cupy.asnumpy(weight16), cupy.asnumpy(weight).astype(np.float16))
+
+
+# -- build and cache ------------------------------------------------------------------------
+
+def test_cache_key_follows_flags_and_location(tmp_path, monkeypatch):
+    monkeypatch.setenv('MXNAG_CACHE_DIR', str(tmp_path))
+    plain = build.build_spec()
+    monkeypatch.setenv('MXNAG_CXXFLAGS', '-DMXNAG_SOFT_HALF')
+    flagged = build.build_spec()
+    assert plain['key'] != flagged['key']
+    assert os.path.dirname(plain['path']) == str(tmp_path)
+    for part in ('mxnet_version', 'source_sha256', 'compiler_version', 'compile_flags', 'cpu_sha256'):
+        assert plain[part], part
+    monkeypatch.delenv('MXNAG_CACHE_DIR')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert build.cache_dir() == str(tmp_path / 'xdg' / 'mxnag')
+
+
+@needs_fused
+def test_concurrent_builds_then_cache_hit(tmp_path):
+    """Two processes building into an empty cache at once both get the library (one
+    compiles, the other waits on the lock); building again is a cache hit."""
+    script = ('import json, mxnet; from mxnag.kernels import build; '
+              'spec = build.build(); print(json.dumps([spec["path"], spec["cache_hit"]]))')
+    env = dict(os.environ, MXNAG_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, '-c', script], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+             for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    paths = {path for path, _ in results}
+    assert len(paths) == 1 and os.path.isfile(paths.pop())
+    assert sorted(hit for _, hit in results) == [False, True]
+    os.environ['MXNAG_CACHE_DIR'], saved = str(tmp_path), os.environ.get('MXNAG_CACHE_DIR')
+    try:
+        again = build.build()
+    finally:
+        if saved is None:
+            del os.environ['MXNAG_CACHE_DIR']
+        else:
+            os.environ['MXNAG_CACHE_DIR'] = saved
+    assert again['cache_hit'] and again['path'] == results[0][0]
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith('build-') or p.endswith('.tmp')]
+    assert leftovers == []
+
+
+def test_ops_command_info_and_build(capsys):
+    from mxnag import ops
+    assert ops.main(['info']) == 0
+    out = capsys.readouterr().out
+    assert 'cache_dir' in out and 'fused_cpu_active' in out
+    if HAS_COMPILER:
+        assert ops.main(['build']) == 0
+        assert '.so' in capsys.readouterr().out
+
+
+def test_import_loads_nothing():
+    """``import mxnag`` neither builds nor loads the library, nor compiles CUDA code."""
+    script = ('import mxnag; from mxnag.kernels import fused_cpu, cuda; '
+              'assert not fused_cpu._LIBRARY.tried and not cuda._MODULE.tried; print("ok")')
+    done = subprocess.run([sys.executable, '-c', script], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr
+
