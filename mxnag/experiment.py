@@ -15,13 +15,20 @@ from .errors import MxnagError  # noqa: F401  (re-exported for the recipes)
 # Changing any of these makes a checkpoint of the run unusable for --resume.
 RESUME_KEYS = ('model', 'dataset', 'classes', 'shots', 'optimizer', 'lr', 'opt_args', 'batch_size',
                'seed', 'lr_schedule', 'warmup_epochs', 'lr_step_epochs', 'lr_factor', 'epochs',
-               'features', 'pretrained')
+               'features', 'features_lr_mult', 'train_last', 'pretrained')
 
 
 def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError('must be >= 1, got %d' % value)
+    return value
+
+
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError('must be >= 0, got %d' % value)
     return value
 
 

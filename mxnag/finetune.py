@@ -34,12 +34,27 @@ def replace_head(net, classes, contexts, initializer=None):
     return head
 
 
-def set_feature_training(net, head, mode, lr_mult=0.1):
+def trailing_feature_layers(net, count):
+    """The parameters of the last ``count`` layers (that have parameters) of
+    ``net.features``: layers a fine-tuning run may keep training at the full rate."""
+    if count == 0:
+        return set()
+    features = getattr(net, 'features', None)
+    layers = [b for b in getattr(features, '_children', {}).values()
+              if list(b.collect_params().values())]
+    if len(layers) < count:
+        raise MxnagError('--train-last: %s has %d feature layers with parameters, %d asked'
+                         % (type(net).__name__, len(layers), count))
+    return {p for layer in layers[len(layers) - count:] for p in layer.collect_params().values()}
+
+
+def set_feature_training(net, head, mode, lr_mult=0.1, train_last=0):
     """``mode='freeze'``: the parameters outside ``head`` get no gradient;
-    ``mode='lr_mult'``: they train with ``lr_mult`` times the learning rate."""
-    head_params = set(head.collect_params().values())
+    ``mode='lr_mult'``: they train with ``lr_mult`` times the learning rate. The last
+    ``train_last`` feature layers are left to train at the full rate either way."""
+    full_rate = set(head.collect_params().values()) | trailing_feature_layers(net, train_last)
     for param in net.collect_params().values():
-        if param in head_params:
+        if param in full_rate:
             continue
         if mode == 'freeze':
             param.grad_req = 'null'

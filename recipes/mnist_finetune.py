@@ -26,6 +26,8 @@ def parse_args(argv):
                         help='freeze the feature extractor or scale its learning rate (default lr_mult)')
     parser.add_argument('--features-lr-mult', type=experiment.nonnegative_float, default=0.1,
                         help='learning-rate multiplier of the features with --features lr_mult (default 0.1)')
+    parser.add_argument('--train-last', type=experiment.nonnegative_int, default=0, metavar='K',
+                        help='keep the last K feature layers training at the full rate (default 0)')
     parser.add_argument('--compare-scratch', action='store_true',
                         help='also train the same model from scratch on the same examples')
     experiment.add_data_args(parser, classes='5-9')
@@ -43,10 +45,10 @@ def main(argv=None):
     net, meta = finetune.load_pretrained(args.pretrained, contexts, args.model)
     args.model = meta['model']
     head = finetune.replace_head(net, num_classes, contexts)
-    finetune.set_feature_training(net, head, args.features, args.features_lr_mult)
+    finetune.set_feature_training(net, head, args.features, args.features_lr_mult, args.train_last)
     net.hybridize()
     config = experiment.config_of(args, num_classes=num_classes, features=args.features,
-                                  features_lr_mult=args.features_lr_mult,
+                                  features_lr_mult=args.features_lr_mult, train_last=args.train_last,
                                   pretrained=args.pretrained)
     history, _, _ = experiment.train(net, args, train_loader, test_loader, contexts, config,
                                      'finetune')

@@ -83,3 +83,16 @@ def test_replace_head_of_a_zoo_model_and_freeze():
         if param.grad_req != 'null':
             assert param.lr_mult == (1.0 if param in head_params else 0.25)
     assert net(mx.nd.zeros((2, 1, 28, 28))).shape == (2, 3)
+
+
+def test_train_last_keeps_the_last_feature_layers_training():
+    ctx = [mx.cpu()]
+    net = models.get_model('lenet', classes=5, hybridize=False)
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    head = finetune.replace_head(net, 3, ctx)
+    finetune.set_feature_training(net, head, 'freeze', train_last=1)
+    dense, conv = net.features[5], net.features[2]
+    assert dense.weight.grad_req == 'write' and dense.weight.lr_mult == 1.0
+    assert conv.weight.grad_req == 'null' and head.weight.grad_req == 'write'
+    with pytest.raises(MxnagError, match='has 3 feature layers with parameters, 4 asked'):
+        finetune.set_feature_training(net, head, 'freeze', train_last=4)
