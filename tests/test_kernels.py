@@ -452,3 +452,44 @@ def test_import_loads_nothing():
                           stderr=subprocess.PIPE, universal_newlines=True)
     assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr
 
+
+
+THREADING_SCRIPT = textwrap.dedent('''
+    import os, sys, numpy as np, mxnet as mx, mxnag
+    from mxnag import kernels
+
+    def run(fused):
+        os.environ['MXNAG_FUSED'] = '1' if fused else '0'
+        rng = np.random.default_rng(0)
+        w = mx.nd.array(rng.standard_normal(300000).astype(np.float32))
+        opt = mx.optimizer.create('adan', learning_rate=0.01, wd=0.1)
+        state = opt.create_state(0, w)
+        for _ in range(5):
+            opt.update(0, w, mx.nd.array(rng.standard_normal(300000).astype(np.float32)), state)
+        assert kernels.backend_for(w) == ('fused-cpu' if fused else 'composed')
+        return w.asnumpy()
+
+    fused = run(True)
+    if os.environ.get('FORK_CHILD_UPDATE'):
+        pid = os.fork()
+        if pid == 0:  # the child has none of the parent's helper threads
+            child = run(True)
+            os._exit(0 if np.array_equal(child, fused) else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0, status
+    composed = run(False)
+    print(float(np.abs(fused - composed).max()))
+''')
+
+
+@needs_fused
+@pytest.mark.parametrize('env', [{'MXNAG_THREADING': 'openmp'}, {'MXNAG_NUM_THREADS': '1'},
+                                 {'FORK_CHILD_UPDATE': '1'}], ids=['openmp', 'one-thread', 'fork'])
+def test_threading_modes_agree_with_composed(env):
+    """The OpenMP loop, a single thread, and a forked child (after the helper threads
+    started in the parent) all compute what the composed path computes."""
+    done = subprocess.run([sys.executable, '-c', THREADING_SCRIPT], cwd=ROOT, timeout=300,
+                          env=dict(os.environ, **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-5

@@ -2,7 +2,7 @@
 //
 // Each operator updates a group of parameters in one call (one tensor is a group of one):
 // it reads every element of the weight, gradient and states once and writes the weight
-// and states once, over all cores (OpenMP), in loops the compiler vectorises. The maths
+// and states once, over all cores (see HelperPool), in loops the compiler vectorises. The maths
 // is the one of mxnag/kernels/composed.py; every step-dependent coefficient is computed
 // in double precision on the host and arrives as an attribute (Python repr of a float).
 //
@@ -19,7 +19,14 @@
 #include <immintrin.h>
 #endif
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -54,8 +61,7 @@ typedef std::vector<std::vector<unsigned int>> Shapes;
 // Fewer elements than this per thread cost more in fork/join than they gain.
 const int64_t kMinElementsPerThread = 1 << 15;
 // Threads take chunks of this many elements (a multiple of 64 bytes of floats) as they
-// come free: a thread slowed down by another process on its core does less of the work
-// instead of holding up the others, as an equal static split would.
+// come free: a thread slowed down by another process on its core does less of the work.
 const int64_t kChunk = 1 << 15;
 
 // Threads for a large update. MXNet's engine runs operators with omp_get_max_threads()
@@ -78,8 +84,116 @@ int threads_for(int64_t elements) {
   return static_cast<int>(std::min<int64_t>(thread_budget(), by_size));
 }
 
-// Calls span(k, begin, end) over the concatenation of the tensors of `sizes`: one
-// fork/join per group, whatever its number of tensors, balanced by elements.
+// Helper threads that join an update when they get a core, and that the update never
+// waits for unless they did. An OpenMP parallel region ends at a barrier for its whole
+// team: on a busy machine (other processes, MXNet's own workers) one team thread not yet
+// scheduled stalls the update by a scheduler time slice (measured: 8 ms for a 1M-element
+// step that takes 0.6 ms on one thread). Here the calling thread starts on the chunks at
+// once; a helper that wakes after they are all taken goes back to sleep.
+class HelperPool {
+ public:
+  static HelperPool& get() {
+    static HelperPool* pool = new HelperPool();  // never destroyed: helpers are detached
+    return *pool;
+  }
+
+  // Runs work(c) for c in [0, chunks), on this thread and up to `helpers` helpers.
+  void run(int64_t chunks, const std::function<void(int64_t)>& work, int helpers) {
+    Sync* sync = sync_;
+    std::unique_lock<std::mutex> busy(sync->busy, std::try_to_lock);
+    Job job;
+    job.work = &work;
+    job.chunks = chunks;
+    job.wanted = helpers;
+    if (!busy.owns_lock() || helpers <= 0) {  // another update holds the pool: go alone
+      drain(&job);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(sync->mutex);
+      start_helpers(helpers);
+      job_ = &job;
+      ++generation_;
+    }
+    sync->wake.notify_all();
+    drain(&job);
+    std::unique_lock<std::mutex> lock(sync->mutex);
+    job_ = nullptr;  // no helper joins from now on; wait for those that did
+    sync->left.wait(lock, [&] { return job.active == 0; });
+  }
+
+ private:
+  struct Job {
+    const std::function<void(int64_t)>* work = nullptr;
+    int64_t chunks = 0;
+    std::atomic<int64_t> next{0};
+    int wanted = 0;
+    int active = 0;  // helpers working on it; guarded by Sync::mutex
+  };
+
+  struct Sync {
+    std::mutex busy;   // one update at a time uses the helpers
+    std::mutex mutex;  // guards the pool's fields
+    std::condition_variable wake, left;
+  };
+
+  // fork(): the child gets none of the helper threads but copies of mutexes and
+  // condition variables that they were waiting on, which must not be used again (a
+  // broadcast would wait for the vanished waiters): it starts with new ones.
+  HelperPool() {
+    pthread_atfork([] { get().sync_->busy.lock(); get().sync_->mutex.lock(); },
+                   [] { get().sync_->mutex.unlock(); get().sync_->busy.unlock(); },
+                   [] {
+                     HelperPool& pool = get();
+                     pool.sync_ = new Sync();  // the parent's copies are leaked on purpose
+                     pool.started_ = 0;
+                     pool.job_ = nullptr;
+                   });
+  }
+
+  static void drain(Job* job) {
+    for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) (*job->work)(c);
+  }
+
+  void start_helpers(int wanted) {  // under Sync::mutex
+    for (; started_ < wanted; ++started_) std::thread([this] { serve(); }).detach();
+  }
+
+  void serve() {
+    Sync* sync = sync_;
+    std::unique_lock<std::mutex> lock(sync->mutex);
+    uint64_t seen = generation_ - (job_ != nullptr ? 1 : 0);
+    for (;;) {
+      sync->wake.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      Job* job = job_;
+      if (job == nullptr || job->active >= job->wanted) continue;
+      ++job->active;
+      lock.unlock();
+      drain(job);
+      lock.lock();
+      if (--job->active == 0) sync->left.notify_all();
+    }
+  }
+
+  Sync* sync_ = new Sync();
+  Job* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int started_ = 0;
+};
+
+// MXNAG_THREADING=openmp uses an OpenMP parallel loop instead of the helper pool (same
+// chunks, dynamic schedule), for comparison.
+bool use_openmp() {
+  static const bool openmp = [] {
+    const char* mode = std::getenv("MXNAG_THREADING");
+    return mode != nullptr && std::strcmp(mode, "openmp") == 0;
+  }();
+  return openmp;
+}
+
+// Calls span(k, begin, end) over the concatenation of the tensors of `sizes`, in chunks
+// spread over the threads: one dispatch per group, whatever its number of tensors.
 template <typename SpanFn>
 void for_each_span(const std::vector<int64_t>& sizes, SpanFn span) {
   std::vector<int64_t> offsets(sizes.size() + 1, 0);
@@ -92,8 +206,7 @@ void for_each_span(const std::vector<int64_t>& sizes, SpanFn span) {
     return;
   }
   const int64_t chunks = (total + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t c = 0; c < chunks; ++c) {
+  const std::function<void(int64_t)> chunk = [&](int64_t c) {
     const int64_t lo = c * kChunk;
     const int64_t hi = std::min(total, lo + kChunk);
     size_t k = std::upper_bound(offsets.begin(), offsets.end(), lo) - offsets.begin() - 1;
@@ -102,7 +215,13 @@ void for_each_span(const std::vector<int64_t>& sizes, SpanFn span) {
       const int64_t end = std::min(hi, offsets[k + 1]) - offsets[k];
       if (begin < end) span(k, begin, end);
     }
+  };
+  if (use_openmp()) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) chunk(c);
+    return;
   }
+  HelperPool::get().run(chunks, chunk, threads - 1);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,302 @@
+"""Time one optimizer step: mxnag's fused AdaNAG and Adan next to MXNet's own update
+operators, a copy of the same bytes (the bandwidth floor) and PyTorch's Adam/NAdam.
+
+    python -m mxnag.bench [--size N] [--repeats R] [--json out.json] [--no-resnet] [--no-torch]
+
+Two problems: one float32 tensor of ``--size`` elements, and the 161 trainable parameter
+shapes of ResNet-50 (gluoncv's ``resnet50_v1b``). Every MXNet number is the median over
+``--repeats`` steps (after warm-up) of the wall time from the Python call to
+``mx.nd.waitall()``, all in this process; PyTorch runs in a subprocess (its OpenMP runtime
+and thread pool stay out of MXNet's way) on the same shapes.
+
+The floor of an update is the time to move its bytes (each array it reads, each it
+writes, once) at the bandwidth of the fastest copy measured here.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+# Arrays of the parameter's size each update reads + writes: the floor's numerator.
+BYTES_MOVED = {  # name: (reads, writes)
+    'adanag': (4, 3), 'adan': (6, 5), 'adam': (4, 3), 'nadam': (4, 3),
+    'sgd_momentum': (3, 2), 'nag': (3, 2), 'copy': (1, 1),
+}
+
+TORCH_SCRIPT = r'''
+import json, statistics, sys, time
+import torch
+shapes, repeats, warmup = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+def bench(make):
+    params = [torch.randn(s) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    opt = make(params)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        opt.step()
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+    return statistics.median(times) * 1e3
+out = {'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
+out['torch Adam (fused)'] = bench(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))
+out['torch NAdam (foreach)'] = bench(lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=True))
+out['torch NAdam (for-loop)'] = bench(lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=False))
+print(json.dumps(out))
+'''
+
+
+def median_ms(step, repeats, warmup):
+    """Median wall time in ms of ``step()`` followed by ``mx.nd.waitall()``."""
+    import mxnet as mx
+    times = []
+    for i in range(warmup + repeats):
+        mx.nd.waitall()
+        start = time.perf_counter()
+        step()
+        mx.nd.waitall()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def resnet50_shapes():
+    """The shapes of the 161 trainable parameters of gluoncv's resnet50_v1b."""
+    import mxnet as mx
+    from .models import gluoncv_model_zoo  # imports GluonCV with PyTorch hidden from it
+    net = gluoncv_model_zoo().get_model('resnet50_v1b', pretrained=False)
+    net.initialize(mx.init.Zero())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    shapes = [p.shape for p in net.collect_params().values() if p.grad_req != 'null']
+    if len(shapes) != 161:
+        raise RuntimeError('resnet50_v1b has %d trainable parameters, expected 161' % len(shapes))
+    return shapes
+
+
+class Problem:
+    """Weights and gradients of the given shapes (float32, cpu), and ways to step them."""
+
+    def __init__(self, shapes, seed=0):
+        import mxnet as mx
+        mx.random.seed(seed)
+        self.shapes = shapes
+        self.size = sum(int(_prod(s)) for s in shapes)
+        self.weights = [mx.nd.random.normal(shape=s) for s in shapes]
+        self.grads = [mx.nd.random.normal(shape=s) * 0.01 for s in shapes]
+
+    def updater_step(self, optimizer):
+        """A step of ``optimizer`` through MXNet's Updater with every parameter in one call,
+        as gluon.Trainer makes it (aggregated when the optimizer's aggregate_num > 0)."""
+        import mxnet as mx
+        updater = mx.optimizer.get_updater(optimizer)
+        indices = list(range(len(self.weights)))
+        return lambda: updater(indices, self.grads, self.weights)
+
+    def adam_update_step(self):
+        """MXNet's fused ``adam_update`` operator, one call per parameter."""
+        import mxnet as mx
+        states = [(mx.nd.zeros(s), mx.nd.zeros(s)) for s in self.shapes]
+
+        def step():
+            for w, g, (m, v) in zip(self.weights, self.grads, states):
+                mx.nd.adam_update(w, g, m, v, out=w, lr=1e-3, rescale_grad=1.0)
+        return step
+
+    def copy_steps(self):
+        """Copies of the weights into other arrays: MXNet's ``copyto`` and, when built,
+        mxnag's OpenMP copy (the same threads and dispatch as the fused updates)."""
+        import mxnet as mx
+        from .kernels import fused_cpu
+        targets = [mx.nd.zeros(s) for s in self.shapes]
+        steps = {'copy (MXNet copyto)': lambda: [w.copyto(t) for w, t in zip(self.weights, targets)]}
+        if fused_cpu.available():
+            steps['copy (mxnag OpenMP)'] = lambda: [fused_cpu.copy(w, t)
+                                                    for w, t in zip(self.weights, targets)]
+        return steps
+
+
+def _prod(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def mxnet_cases(problem):
+    """Name -> (algorithm for the floor, step function), measured in this process."""
+    import mxnet as mx
+    import mxnag  # noqa: F401  (registers the optimizers)
+    from .kernels import fused_cpu
+    cases = {}
+    if fused_cpu.available():
+        cases['mxnag adanag (fused)'] = ('adanag', problem.updater_step(
+            mx.optimizer.create('adanag', learning_rate=1e-3)))
+        cases['mxnag adan (fused)'] = ('adan', problem.updater_step(
+            mx.optimizer.create('adan', learning_rate=1e-3)))
+        if len(problem.shapes) > 1:
+            cases['mxnag adanag (fused, aggregate_num=4)'] = ('adanag', problem.updater_step(
+                mx.optimizer.create('adanag', learning_rate=1e-3, aggregate_num=4)))
+            cases['mxnag adanag (fused, not aggregated)'] = ('adanag', problem.updater_step(
+                mx.optimizer.create('adanag', learning_rate=1e-3, aggregate_num=0)))
+    cases['mxnag adanag (composed, MXNAG_FUSED=0)'] = ('adanag', _composed(problem, 'adanag'))
+    cases['MXNet adam_update'] = ('adam', problem.adam_update_step())
+    cases['MXNet nag (momentum 0.9)'] = ('nag', problem.updater_step(
+        mx.optimizer.create('nag', learning_rate=1e-3, momentum=0.9)))
+    cases['MXNet nadam'] = ('nadam', problem.updater_step(
+        mx.optimizer.create('nadam', learning_rate=1e-3)))
+    cases['MXNet sgd momentum (aggregated)'] = ('sgd_momentum', problem.updater_step(
+        mx.optimizer.create('sgd', learning_rate=1e-3, momentum=0.9)))
+    for name, step in problem.copy_steps().items():
+        cases[name] = ('copy', step)
+    return cases
+
+
+def _composed(problem, name):
+    """A step with the fused path switched off for its duration."""
+    import mxnet as mx
+    inner = problem.updater_step(mx.optimizer.create(name, learning_rate=1e-3))
+
+    def step():
+        saved = os.environ.get('MXNAG_FUSED')
+        os.environ['MXNAG_FUSED'] = '0'
+        try:
+            inner()
+        finally:
+            if saved is None:
+                del os.environ['MXNAG_FUSED']
+            else:
+                os.environ['MXNAG_FUSED'] = saved
+    return step
+
+
+def torch_cases(shapes, repeats, warmup):
+    """PyTorch's numbers for the same shapes, from a subprocess; {} without PyTorch."""
+    try:
+        done = subprocess.run(
+            [sys.executable, '-c', TORCH_SCRIPT, json.dumps([list(s) for s in shapes]),
+             str(repeats), str(warmup)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {'error': str(err)}
+    if done.returncode != 0:
+        return {'error': done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_problem(label, shapes, repeats, warmup, with_torch):
+    """Measure every case on ``shapes``; return rows with ratios and floors."""
+    problem = Problem(shapes)
+    rows = {}
+    for name, (algorithm, step) in mxnet_cases(problem).items():
+        rows[name] = {'algorithm': algorithm, 'ms': median_ms(step, repeats, warmup)}
+    if with_torch:
+        torch = torch_cases(shapes, repeats, warmup)
+        for name, ms in torch.items():
+            if name.startswith('torch ') and isinstance(ms, float):
+                rows[name] = {'algorithm': 'nadam' if 'NAdam' in name else 'adam', 'ms': ms}
+        extra = {k: v for k, v in torch.items() if not k.startswith('torch ')}
+    else:
+        extra = {'skipped': True}
+    copy_ms = min(r['ms'] for r in rows.values() if r['algorithm'] == 'copy')
+    bytes_per_array = 4 * problem.size
+    bandwidth = 2 * bytes_per_array / (copy_ms * 1e-3)
+    reference = rows.get('mxnag adanag (fused)', {}).get('ms')
+    for row in rows.values():
+        reads, writes = BYTES_MOVED[row['algorithm']]
+        row['floor_ms'] = (reads + writes) * bytes_per_array / bandwidth * 1e3
+        row['x_floor'] = row['ms'] / row['floor_ms']
+        row['x_adanag'] = row['ms'] / reference if reference else None
+    return {'label': label, 'tensors': len(shapes), 'elements': problem.size,
+            'copy_bandwidth_GBps': bandwidth / 1e9, 'torch': extra, 'rows': rows}
+
+
+def format_table(result):
+    """A markdown table of one problem's rows."""
+    lines = ['%s: %d tensor(s), %d float32 elements; copy bandwidth %.1f GB/s'
+             % (result['label'], result['tensors'], result['elements'], result['copy_bandwidth_GBps']),
+             '',
+             '| step | median ms | x adanag (fused) | floor ms | x floor |',
+             '|---|---:|---:|---:|---:|']
+    for name, row in result['rows'].items():
+        ratio = '%.2f' % row['x_adanag'] if row['x_adanag'] else '-'
+        lines.append('| %s | %.2f | %s | %.2f | %.2f |'
+                     % (name, row['ms'], ratio, row['floor_ms'], row['x_floor']))
+    return '\n'.join(lines)
+
+
+def targets(results):
+    """The issue's targets, evaluated on the measured numbers (None where not measured)."""
+    out = {}
+    single = results.get('single', {}).get('rows', {})
+    fused = single.get('mxnag adanag (fused)')
+    if fused:
+        out['adanag 10M within 1.5x of its floor'] = fused['x_floor'] <= 1.5
+        adam = single.get('MXNet adam_update')
+        out['adanag 10M >= 4x faster than adam_update'] = adam['ms'] / fused['ms'] >= 4.0
+        torch = single.get('torch Adam (fused)')
+        out['adanag 10M faster than torch fused Adam'] = (fused['ms'] < torch['ms']) if torch else None
+    resnet = results.get('resnet50', {}).get('rows', {})
+    if 'mxnag adanag (fused)' in resnet:
+        out['resnet50 adanag no slower than sgd momentum'] = (
+            resnet['mxnag adanag (fused)']['ms'] <= resnet['MXNet sgd momentum (aggregated)']['ms'])
+    return out
+
+
+def machine():
+    """What the numbers were measured on, with the load before the run."""
+    info = {'python': platform.python_version(), 'machine': platform.machine(),
+            'cpus': os.cpu_count(), 'load_average': os.getloadavg()}
+    try:
+        with open('/proc/cpuinfo') as f:
+            info['cpu'] = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        info['cpu'] = platform.processor()
+    import mxnet as mx
+    from .kernels import fused_cpu
+    info['mxnet'] = mx.__version__
+    info['fused_cpu'] = fused_cpu.available()
+    info['fused_threads'] = fused_cpu.probe()
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m mxnag.bench', description=__doc__.splitlines()[0])
+    parser.add_argument('--size', type=int, default=10_000_000, help='elements of the single tensor')
+    parser.add_argument('--repeats', type=int, default=20, help='timed steps per case (median)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
+    parser.add_argument('--json', help='write the results here')
+    parser.add_argument('--resnet', action=argparse.BooleanOptionalAction, default=True,
+                        help='also the 161 ResNet-50 parameter shapes')
+    parser.add_argument('--torch', action=argparse.BooleanOptionalAction, default=True,
+                        help='also PyTorch (in a subprocess) when it is installed')
+    args = parser.parse_args(argv)
+    results = {'command': 'python -m mxnag.bench ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+               'machine': machine()}
+    results['single'] = run_problem('one tensor', [(args.size,)], args.repeats, args.warmup, args.torch)
+    print(format_table(results['single']), end='\n\n', flush=True)
+    if args.resnet:
+        results['resnet50'] = run_problem('ResNet-50 (resnet50_v1b)', resnet50_shapes(),
+                                          args.repeats, args.warmup, args.torch)
+        print(format_table(results['resnet50']), end='\n\n')
+    results['machine']['load_average_after'] = os.getloadavg()
+    results['targets'] = targets(results)
+    for name, met in results['targets'].items():
+        print('%-50s %s' % (name, {True: 'met', False: 'NOT met', None: 'not measured'}[met]))
+    print('load average before %s, after %s' % (
+        ' '.join('%.2f' % x for x in results['machine']['load_average']),
+        ' '.join('%.2f' % x for x in results['machine']['load_average_after'])))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
