@@ -111,13 +111,13 @@ class Problem:
 
     def copy_steps(self):
         """Copies of the weights into other arrays: MXNet's ``copyto`` and, when built,
-        mxnag's OpenMP copy (the same threads and dispatch as the fused updates)."""
+        mxnag's threaded copy (the same threads and dispatch as the fused updates)."""
         import mxnet as mx
         from .kernels import fused_cpu
         targets = [mx.nd.zeros(s) for s in self.shapes]
         steps = {'copy (MXNet copyto)': lambda: [w.copyto(t) for w, t in zip(self.weights, targets)]}
         if fused_cpu.available():
-            steps['copy (mxnag OpenMP)'] = lambda: [fused_cpu.copy(w, t)
+            steps['copy (mxnag threads)'] = lambda: [fused_cpu.copy(w, t)
                                                     for w, t in zip(self.weights, targets)]
         return steps
 
@@ -249,6 +249,61 @@ def targets(results):
     return out
 
 
+CUPY_KERNELS = ('adanag', 'adan')
+
+
+def cupy_cases(size, repeats, warmup):
+    """The CUDA kernels of src/fused_cuda.cu run by CuPy on one float32 tensor of ``size``
+    elements, timed with CUDA events, next to a device-to-device copy of the same bytes;
+    {} without CuPy or a GPU. (The mx.rtc path launches the same kernels.)"""
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return {}
+    except Exception:  # noqa: BLE001  (no CuPy, no driver, no device)
+        return {}
+    from .kernels import cuda
+    module = cupy.RawModule(code=cuda.source())
+
+    def timed(launch):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        times = []
+        for i in range(warmup + repeats):
+            start.record()
+            launch()
+            stop.record()
+            stop.synchronize()
+            if i >= warmup:
+                times.append(cupy.cuda.get_elapsed_time(start, stop))
+        return statistics.median(times)
+
+    rows = {}
+    src, dst = cupy.random.standard_normal(size, dtype=cupy.float32), cupy.empty(size, cupy.float32)
+    rows['copy (cupy)'] = {'algorithm': 'copy', 'ms': timed(lambda: dst.__setitem__(Ellipsis, src))}
+    shared = {'rescale_grad': 1.0, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.999,
+              'beta3': 0.99, 'epsilon': 1e-8}
+    for algorithm in CUPY_KERNELS:
+        kernel = module.get_function(cuda.kernel_name(algorithm, 'float32'))
+        states = [cupy.zeros(size, cupy.float32) for _ in cuda._STATES[algorithm]]
+        coefs = {name: 1e-3 for name in cuda._SCALARS[algorithm] if name not in shared}
+        coefs.update(wd_into_grad=0.0, weight_scale=1.0, var_scale=1.0, sq_scale=1.0,
+                     weight_divisor=1.0, first_step=0)
+        args = tuple(cuda.kernel_arguments(algorithm, src, dst, states, None, size, shared, coefs))
+        grid, block = cuda.launch_shape(size)
+        rows['CUDA %s (cupy)' % algorithm] = {
+            'algorithm': algorithm, 'ms': timed(lambda: kernel(grid[:1], block[:1], args))}
+    copy_bandwidth = 2 * 4 * size / (rows['copy (cupy)']['ms'] * 1e-3)
+    for row in rows.values():
+        reads, writes = BYTES_MOVED[row['algorithm']]
+        row['floor_ms'] = (reads + writes) * 4 * size / copy_bandwidth * 1e3
+        row['x_floor'] = row['ms'] / row['floor_ms']
+        row['GBps'] = (reads + writes) * 4 * size / (row['ms'] * 1e-3) / 1e9
+        row['x_adanag'] = row['ms'] / rows['CUDA adanag (cupy)']['ms'] if 'CUDA adanag (cupy)' in rows else None
+    return {'label': 'GPU (%s)' % cupy.cuda.runtime.getDeviceProperties(0)['name'].decode(),
+            'tensors': 1, 'elements': size, 'copy_bandwidth_GBps': copy_bandwidth / 1e9,
+            'torch': {}, 'rows': rows}
+
+
 def machine():
     """What the numbers were measured on, with the load before the run."""
     info = {'python': platform.python_version(), 'machine': platform.machine(),
@@ -276,6 +331,8 @@ def main(argv=None):
                         help='also the 161 ResNet-50 parameter shapes')
     parser.add_argument('--torch', action=argparse.BooleanOptionalAction, default=True,
                         help='also PyTorch (in a subprocess) when it is installed')
+    parser.add_argument('--cuda', action=argparse.BooleanOptionalAction, default=True,
+                        help='also the CUDA kernels through CuPy when a GPU is there')
     args = parser.parse_args(argv)
     results = {'command': 'python -m mxnag.bench ' + ' '.join(argv if argv is not None else sys.argv[1:]),
                'machine': machine()}
@@ -285,6 +342,13 @@ def main(argv=None):
         results['resnet50'] = run_problem('ResNet-50 (resnet50_v1b)', resnet50_shapes(),
                                           args.repeats, args.warmup, args.torch)
         print(format_table(results['resnet50']), end='\n\n')
+    if args.cuda:
+        gpu = cupy_cases(args.size, args.repeats, args.warmup)
+        if gpu:
+            results['cuda_cupy'] = gpu
+            print(format_table(gpu), end='\n\n')
+        else:
+            print('CUDA kernels: skipped (no CuPy or no GPU)\n')
     results['machine']['load_average_after'] = os.getloadavg()
     results['targets'] = targets(results)
     for name, met in results['targets'].items():

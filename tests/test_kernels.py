@@ -329,22 +329,87 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
                                      for d in ('float32', 'float64', 'float16'))
 
 
-def test_cuda_signatures_parse_for_mx_rtc():
-    """What mx.rtc will be told matches the kernels' parameter lists (count and order)."""
+class _FakeArray:
+    """Stands for an array in kernel_arguments (only its dtype is read)."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+
+def test_cuda_arguments_match_signatures():
+    """What mx.rtc is told (the signature) and what it gets (the arguments) agree with
+    each other and with the kernels' parameter lists in the source, in count, order and
+    scalar types."""
     source = cuda.source()
+    scalar_types = {'float': np.float32, 'double': np.float64, 'int': np.int32, 'int64_t': np.int64}
     for algorithm in ('adanag', 'adan'):
         for dtype in ('float32', 'float64', 'float16'):
-            signature = cuda.kernel_signature(algorithm, dtype)
             name = cuda.kernel_name(algorithm, dtype)
-            assert name in source
-            n = 1000
-            args = cuda.kernel_arguments(algorithm, 'g', 'w', ['s'] * len(cuda._STATES[algorithm]),
-                                         'w16' if dtype == 'float16' else None, n,
-                                         {'rescale_grad': 1.0, 'clip_gradient': None, 'beta1': 0.9,
-                                          'beta2': 0.99, 'beta3': 0.9, 'epsilon': 1e-8},
-                                         {k: 1.0 for k in cuda._SCALARS[algorithm]})
-            assert len(args) == len(signature.split(','))
-            assert args[-1] == n and signature.endswith('int64_t n')
+            signature = [part.strip() for part in cuda.kernel_signature(algorithm, dtype).split(',')]
+            state_dtype = 'float32' if dtype == 'float16' else dtype
+            args = cuda.kernel_arguments(
+                algorithm, 'grad', _FakeArray(state_dtype), ['state'] * len(cuda._STATES[algorithm]),
+                _FakeArray('float16') if dtype == 'float16' else None, 1000,
+                {'rescale_grad': 1.0, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.99,
+                 'beta3': 0.9, 'epsilon': 1e-8},
+                {k: 1 for k in cuda._SCALARS[algorithm]})
+            assert len(args) == len(signature)
+            for arg, declared in zip(args, signature):
+                words = declared.replace('*', ' * ').split()
+                if '*' not in words:
+                    assert type(arg) is scalar_types[words[0]], (name, declared, type(arg))
+            # the source declares the same parameter names in the same order
+            body = source[source.index('void %s(' % name):]
+            body = body[:body.index('{')]
+            for macro in ('MXNAG_ADANAG_SCALARS', 'MXNAG_ADAN_SCALARS'):
+                if macro in body:
+                    scalar_type = 'double' if dtype == 'float64' else 'float'
+                    defined = source[source.index('#define %s(S)' % macro):]
+                    defined = defined[:defined.index('\n#define')].split(')', 1)[1]
+                    body = body.replace('%s(%s)' % (macro, scalar_type),
+                                        defined.replace('\\', ' ').replace('S ', scalar_type + ' '))
+            names = [p.split()[-1].lstrip('*') for p in body[body.index('(') + 1:body.rindex(')')].split(',')]
+            assert names == [d.split()[-1].lstrip('*') for d in signature], name
+
+
+def test_rtc_launches_on_the_weights_context(monkeypatch):
+    """The mx.rtc path, with mx.rtc replaced by a recorder (no GPU here): one launch per
+    tensor, named kernels with their signatures, on the weight's context, master weights
+    and float16 outputs in place."""
+    launches, kernels_made = [], []
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def launch(self, args, ctx, grid, block, shared_mem=0):
+            launches.append((self.name, args, ctx, grid, block))
+
+    class Module:
+        def get_kernel(self, name, signature):
+            kernels_made.append((name, signature))
+            return Kernel(name)
+
+    monkeypatch.setattr(cuda._MODULE, 'module', Module())
+    monkeypatch.setattr(cuda._MODULE, 'tried', True)
+    monkeypatch.setattr(cuda._MODULE, 'kernels', {})
+    w32, w16 = mx.nd.ones((3, 4)), mx.nd.ones((5,), dtype='float16')
+    master = mx.nd.ones((5,))
+    states32 = (mx.nd.zeros((3, 4)), mx.nd.zeros((3, 4)))
+    states16 = (mx.nd.zeros((5,)), mx.nd.zeros((5,)))
+    cuda.update('adanag', [w32, w16], [w32, w16], [states32, states16], [None, master],
+                {'rescale_grad': 0.5, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.999,
+                 'epsilon': 1e-8},
+                {'wd_into_grad': [0.0, 0.1], 'weight_scale': [0.99, 1.0], 'grad_coef': [1e-3, 2e-3],
+                 'mean_coef': [1e-2, 2e-2], 'var_scale': [1.5, 2.5]})
+    assert [name for name, _ in kernels_made] == ['mxnag_adanag_f32', 'mxnag_adanag_f16mp']
+    assert kernels_made[1][1] == cuda.kernel_signature('adanag', 'float16')
+    (name0, args0, ctx0, grid0, _), (name1, args1, _, _, block1) = launches
+    assert args0[1] is w32 and args0[2:4] == list(states32) and args0[-1] == 12
+    assert args1[1] is master and args1[4] is w16 and args1[-1] == 5
+    assert args1[5] == np.float32(0.5) and args1[6] == np.float32(-1.0)  # rescale, clip off
+    assert args1[-2] == np.float32(2.5) and ctx0 == w32.context
+    assert grid0 == (1, 1, 1) and block1 == (cuda.THREADS_PER_BLOCK, 1, 1)
 
 
 def _cupy_or_skip():

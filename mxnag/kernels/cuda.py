@@ -13,6 +13,8 @@ import os
 import threading
 import warnings
 
+import numpy
+
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'src', 'fused_cuda.cu')
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 8192  # grid-stride loops: enough blocks to fill any current GPU
@@ -57,20 +59,23 @@ def kernel_signature(algorithm: str, dtype: str) -> str:
 def kernel_arguments(algorithm, grad, weight, states, weight16, size, shared, coefs):
     """The argument list of a kernel, in its order: arrays, then the scalars of
     ``shared`` (group-wide) and ``coefs`` (this tensor's), then the element count.
-    ``weight`` is the float32 master weight when ``weight16`` is given."""
+    ``weight`` is the float32 master weight when ``weight16`` is given. Scalars are NumPy
+    scalars of the kernel's parameter types (float32 or float64, int32, int64), as both
+    mx.rtc and CuPy pass them by their type."""
+    dtype = 'float16' if weight16 is not None else numpy.dtype(weight.dtype).name
+    real = numpy.float64 if dtype == 'float64' else numpy.float32
     args = [grad, weight] + list(states)
     if weight16 is not None:
         args.append(weight16)
     for name in _SCALARS[algorithm]:
         value = coefs[name] if name in coefs else shared[name]
         if name == 'clip_gradient':
-            value = -1.0 if value is None else float(value)
+            args.append(real(-1.0 if value is None else value))
         elif name == 'first_step':
-            value = int(bool(value))
+            args.append(numpy.int32(bool(value)))
         else:
-            value = float(value)
-        args.append(value)
-    args.append(int(size))
+            args.append(real(value))
+    args.append(numpy.int64(size))
     return args
 
 
@@ -125,7 +130,7 @@ def update(algorithm, weights, grads, states, masters, shared, per_tensor):
     same arguments as ``fused_cpu.update``. Never synchronises with the host."""
     names = list(per_tensor)
     for k, (weight, grad, state) in enumerate(zip(weights, grads, states)):
-        dtype = weight.dtype.__name__ if hasattr(weight.dtype, '__name__') else str(weight.dtype)
+        dtype = numpy.dtype(weight.dtype).name
         master = masters[k] if masters is not None else None
         kernel = _kernel(algorithm, dtype)
         coefs = {name: per_tensor[name][k] for name in names}

@@ -77,7 +77,7 @@ def status() -> dict:
 
 
 def _op_handle(name):
-    from mxnet.base import _LIB, NDArrayHandle, c_str, check_call  # noqa: F401  (lazy)
+    from mxnet.base import _LIB, c_str, check_call
     handle = ctypes.c_void_p()
     check_call(_LIB.NNGetOpHandle(c_str(name), ctypes.byref(handle)))
     return handle.value
