@@ -57,16 +57,23 @@ def _atomic_write(path, write):
         os.close(dir_fd)
 
 
-def save(prefix, net, meta, trainer=None):
-    """Write the checkpoint ``prefix`` (see the module doc); ``meta`` must be JSON-able."""
+def save(prefix, net, meta, trainer=None, save_states=None):
+    """Write the checkpoint ``prefix`` (see the module doc); ``meta`` must be JSON-able.
+
+    The optimizer states come from ``trainer.save_states``, or, where they live elsewhere
+    (on the servers of a distributed kvstore), from ``save_states(path)``, which writes
+    them to files named ``path`` + suffix atomically and returns their paths.
+    """
     prefix = prefix_of(prefix)
-    files = {'params': prefix + '.params'}
-    _atomic_write(files['params'], net.save_parameters)
-    if trainer is not None:
-        files['states'] = prefix + '.states'
-        _atomic_write(files['states'], trainer.save_states)
+    files = [prefix + '.params']
+    _atomic_write(files[0], net.save_parameters)
+    if save_states is not None:
+        files += save_states(prefix + '.states')
+    elif trainer is not None:
+        files.append(prefix + '.states')
+        _atomic_write(files[-1], trainer.save_states)
     record = dict(meta, format=FORMAT,
-                  sha256={kind: _sha256(path) for kind, path in files.items()})
+                  sha256={path[len(prefix) + 1:]: _sha256(path) for path in files})
 
     def write_json(tmp):
         with open(tmp, 'w') as f:
@@ -90,11 +97,10 @@ def read_meta(prefix, need_states=False):
     if not isinstance(meta, dict) or meta.get('format') != FORMAT:
         raise MxnagError('%s: not an mxnag checkpoint (format %r)'
                          % (meta_path, meta.get('format') if isinstance(meta, dict) else None))
-    kinds = ['params'] + (['states'] if need_states else [])
-    for kind in kinds:
+    if need_states and not any(kind.startswith('states') for kind in meta['sha256']):
+        raise MxnagError('%s: this checkpoint has no optimizer states' % meta_path)
+    for kind in sorted(meta['sha256']):
         path = prefix + '.' + kind
-        if kind not in meta['sha256']:
-            raise MxnagError('%s: this checkpoint has no trainer states' % meta_path)
         if not os.path.exists(path):
             raise MxnagError('%s: missing' % path)
         if _sha256(path) != meta['sha256'][kind]:
@@ -131,6 +137,6 @@ def newest_good(directory, need_states=True):
 def prune(directory, keep):
     """Delete all but the newest ``keep`` checkpoints in ``directory``."""
     for prefix in list_epochs(directory)[keep:]:
-        for ext in ('.json', '.states', '.params'):  # the commit mark first
-            if os.path.exists(prefix + ext):
-                os.remove(prefix + ext)
+        os.remove(prefix + '.json')  # the commit mark first
+        for path in glob.glob(glob.escape(prefix) + '.*'):
+            os.remove(path)

@@ -214,16 +214,26 @@ def normalize(images, name='mnist'):
 class ArrayLoader:
     """Batches of an in-memory data set as NDArrays, shuffled per epoch reproducibly: the
     order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
-    batches. Faster than a DataLoader over an ArrayDataset (one fancy index per batch)."""
+    batches. Faster than a DataLoader over an ArrayDataset (one fancy index per batch).
 
-    def __init__(self, data, labels, batch_size, shuffle=True, seed=0, last_batch='keep'):
+    ``shard=(rank, num_shards)`` yields the rank-th of ``num_shards`` equal slices of every
+    global batch of ``batch_size`` (distributed workers: together they see exactly the
+    batches of one process); the last partial batch is then dropped.
+    """
+
+    def __init__(self, data, labels, batch_size, shuffle=True, seed=0, last_batch='keep',
+                 shard=(0, 1)):
         if len(data) != len(labels):
             raise MxnagError('ArrayLoader: %d examples but %d labels' % (len(data), len(labels)))
-        if batch_size < 1:
-            raise MxnagError('batch_size: must be >= 1, got %r' % batch_size)
+        rank, num_shards = shard
+        if batch_size < 1 or batch_size % num_shards:
+            raise MxnagError('batch_size: must be a positive multiple of the number of '
+                             'workers (%d), got %r' % (num_shards, batch_size))
+        if num_shards > 1:
+            last_batch = 'discard'
         self.data, self.labels = data, labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.last_batch = last_batch
+        self.last_batch, self.rank, self.num_shards = last_batch, rank, num_shards
         self.epoch = 0
 
     def __len__(self):
@@ -238,6 +248,9 @@ class ArrayLoader:
         from mxnet import nd
         order = self.order(self.epoch)
         self.epoch += 1
+        part = self.batch_size // self.num_shards
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if self.num_shards > 1:
+                idx = idx[self.rank * part:(self.rank + 1) * part]
             yield nd.array(self.data[idx]), nd.array(self.labels[idx])

@@ -129,13 +129,16 @@ def evaluate(net, loader, contexts):
 
 def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, start_epoch=0,
         history=None, log=None, checkpoint_dir=None, keep=3, meta=None, target_accuracy=None,
-        progress=True):
+        progress=True, num_workers=1, save_states=None):
     """Train ``net`` from ``start_epoch`` to ``epochs``, evaluating on ``test_loader``
     after each epoch; returns the history (one dict per epoch).
 
     With ``checkpoint_dir`` it writes a checkpoint after every epoch (``meta`` plus the
-    epoch and history), keeping the newest ``keep``. With ``target_accuracy`` it stops
-    after the first epoch whose test accuracy reaches it.
+    epoch and history; optimizer states by ``save_states`` if given, see
+    ``checkpoint.save``), keeping the newest ``keep``. With ``target_accuracy`` it stops
+    after the first epoch whose test accuracy reaches it. With ``num_workers`` > 1 each
+    batch is this worker's slice of a global batch ``num_workers`` times larger, and the
+    step is normalised by the global batch.
     """
     from tqdm import tqdm
     log = log or MetricsLog(None)
@@ -159,7 +162,7 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
                 outs = [net(a) for a in xs]
                 losses = [loss_fn(o, b) for o, b in zip(outs, ys)]
             autograd.backward(losses)
-            trainer.step(x.shape[0])
+            trainer.step(x.shape[0] * num_workers)
             for o, b, loss in zip(outs, ys, losses):
                 total_loss += loss.sum().as_in_context(contexts[0])
                 correct += (o.argmax(axis=1) == b.astype(o.dtype)).sum().as_in_context(contexts[0])
@@ -190,7 +193,8 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
                           seconds, seen / seconds))
         if checkpoint_dir:
             checkpoint.save(checkpoint.epoch_prefix(checkpoint_dir, epoch + 1), net,
-                            dict(meta or {}, epoch=epoch + 1, history=history), trainer)
+                            dict(meta or {}, epoch=epoch + 1, history=history), trainer,
+                            save_states)
             checkpoint.prune(checkpoint_dir, keep)
     return history
 

@@ -9,7 +9,7 @@ import time
 
 import mxnet as mx
 
-from . import __version__, checkpoint, data, engine, models
+from . import __version__, checkpoint, data, distributed, engine, models
 from .errors import MxnagError  # noqa: F401  (re-exported for the recipes)
 
 # Changing any of these makes a checkpoint of the run unusable for --resume.
@@ -82,7 +82,8 @@ def add_training_args(parser, model='lenet', optimizer='adanag', lr=None, epochs
     group.add_argument('--lr-factor', type=nonnegative_float, default=0.1)
     group.add_argument('--ctx', default='cpu', help="devices: cpu, cpu:0,cpu:1, gpu:0,gpu:1 (default cpu)")
     group.add_argument('--kvstore', default='device',
-                       help='gradient aggregation across devices: device, local (default device)')
+                       help='device, local, none, or dist_sync, dist_device_sync, dist_async '
+                       'under mxnag launch (default device)')
     group.add_argument('--seed', type=int, default=0, help='(default 0)')
     group.add_argument('--target-accuracy', type=float,
                        help='stop after the first epoch whose test accuracy reaches this (0-1)')
@@ -125,19 +126,52 @@ def check_args(args):
         raise MxnagError('--target-accuracy: must be in (0, 1], got %r' % args.target_accuracy)
     if args.resume and not args.checkpoint_dir:
         raise MxnagError('--resume: needs --checkpoint-dir')
-    if args.kvstore not in ('device', 'local', 'none'):
-        raise MxnagError("--kvstore: %r is not one of device, local, none" % args.kvstore)
+    kinds = ('device', 'local', 'none') + distributed.KINDS
+    if args.kvstore not in kinds:
+        raise MxnagError('--kvstore: %r is not one of %s' % (args.kvstore, ', '.join(kinds)))
 
 
-def load_data(args, seed=None):
-    """``(train_loader, test_loader, num_classes)`` for the data options of ``args``."""
+class Workers:
+    """This process's place among the workers: ``kvstore`` (an ``mx.kv.KVStore`` for the
+    dist kinds, else the kvstore name or None), ``rank`` and ``num_workers``."""
+
+    def __init__(self, kind):
+        self.kvstore, self.rank, self.num_workers = (None if kind == 'none' else kind), 0, 1
+        if kind in distributed.KINDS:
+            if 'DMLC_ROLE' not in os.environ:
+                raise MxnagError('--kvstore %s: not in a ps-lite cluster (no DMLC_ROLE); '
+                                 'start the job with mxnag launch' % kind)
+            self.kvstore = mx.kv.create(kind)
+            self.rank, self.num_workers = self.kvstore.rank, self.kvstore.num_workers
+
+    @property
+    def distributed(self):
+        return self.num_workers > 1 or distributed.is_distributed(self.kvstore)
+
+    @property
+    def chief(self):
+        """Rank 0 alone writes checkpoints, logs and results."""
+        return self.rank == 0
+
+    def states_saver(self):
+        """``save_states`` for ``checkpoint.save``: the servers' optimizer states on a
+        distributed kvstore (where ``Trainer.save_states`` cannot reach them), else None."""
+        if not self.distributed:
+            return None
+        return lambda path: distributed.save_server_states(self.kvstore, path)
+
+
+def load_data(args, seed=None, workers=None):
+    """``(train_loader, test_loader, num_classes)`` for the data options of ``args``;
+    with ``workers``, the training loader yields this worker's slice of each batch."""
     classes = data.parse_classes(args.classes)
     splits = data.load(args.dataset, args.data_dir)
     train_x, train_y = data.subset(*splits['train'], classes=classes, shots=args.shots,
                                    seed=args.seed if seed is None else seed)
     test_x, test_y = data.subset(*splits['test'], classes=classes)
+    shard = (workers.rank, workers.num_workers) if workers else (0, 1)
     train = data.ArrayLoader(data.normalize(train_x, args.dataset), train_y,
-                             min(args.batch_size, len(train_y)), seed=args.seed)
+                             min(args.batch_size, len(train_y)), seed=args.seed, shard=shard)
     test = data.ArrayLoader(data.normalize(test_x, args.dataset), test_y, 1000, shuffle=False)
     return train, test, len(classes) if classes else 10
 
@@ -152,9 +186,11 @@ def config_of(args, **extra):
     return config
 
 
-def train(net, args, train_loader, test_loader, contexts, config, log_name):
+def train(net, args, train_loader, test_loader, contexts, config, log_name, workers=None):
     """Train ``net`` (initialised, on ``contexts``) as ``args`` say: optimizer, schedule,
-    checkpoints, resume. Returns ``(history, trainer, resumed_from)``."""
+    checkpoints, resume; on a distributed kvstore as one of ``workers``. Returns
+    ``(history, trainer, resumed_from)``."""
+    workers = workers or Workers(args.kvstore)
     opt_args = engine.parse_opt_args(args.opt_arg)
     lr = args.lr
     if lr is None:  # the optimizer's own default
@@ -162,8 +198,18 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name):
     scheduler = engine.make_lr_scheduler(args.lr_schedule, lr, len(train_loader), args.epochs,
                                          args.warmup_epochs, args.lr_step_epochs, args.lr_factor)
     optimizer = engine.make_optimizer(args.optimizer, lr, opt_args, scheduler)
-    kvstore = None if args.kvstore == 'none' else args.kvstore
-    trainer = mx.gluon.Trainer(net.collect_params(), optimizer, kvstore=kvstore)
+    net(mx.nd.zeros((1, 1, 28, 28), ctx=contexts[0]))  # completes deferred initialisation
+    # Per-parameter multipliers by index: a kvstore server gets the optimizer pickled,
+    # without the Trainer's param_dict, and would ignore lr_mult/wd_mult otherwise.
+    params = list(net.collect_params().values())
+    optimizer.set_lr_mult({i: p.lr_mult for i, p in enumerate(params) if p.lr_mult != 1.0})
+    optimizer.set_wd_mult({i: p.wd_mult for i, p in enumerate(params) if p.wd_mult != 1.0})
+    dist = workers.distributed
+    trainer = mx.gluon.Trainer(params, optimizer, kvstore=workers.kvstore)
+    if dist:  # the servers get the optimizer once, so with the global batch's normalisation
+        optimizer.rescale_grad = trainer._scale / train_loader.batch_size
+        trainer._init_kvstore()
+        distributed.verify_server_optimizer(workers.kvstore)
     meta = {'model': args.model, 'num_classes': config['num_classes'], 'config': config,
             'mxnag_version': __version__}
     start_epoch, history, resumed_from = 0, [], None
@@ -178,16 +224,22 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name):
                                  % (prefix + '.json', differing[0], saved['config'].get(differing[0]),
                                     config.get(differing[0])))
             net.load_parameters(prefix + '.params', ctx=contexts)
-            trainer.load_states(prefix + '.states')
+            if not dist:
+                trainer.load_states(prefix + '.states')
+            elif workers.chief:
+                distributed.load_server_states(workers.kvstore, prefix + '.states')
             start_epoch, history, resumed_from = saved['epoch'], saved['history'], prefix
             sys.stderr.write('resuming from %s (epoch %d)\n' % (prefix, start_epoch))
-    log = engine.MetricsLog(args.log)
+    log = engine.MetricsLog(args.log if workers.chief else None)
     log.write(event='start', run=log_name, config=config, start_epoch=start_epoch,
               resumed_from=resumed_from)
+    save_states = workers.states_saver()
     history = engine.fit(net, trainer, train_loader, test_loader, contexts, args.epochs,
                          seed=args.seed, start_epoch=start_epoch, history=history, log=log,
-                         checkpoint_dir=args.checkpoint_dir, keep=args.keep, meta=meta,
-                         target_accuracy=args.target_accuracy, progress=not args.no_progress)
+                         checkpoint_dir=args.checkpoint_dir if workers.chief else None,
+                         keep=args.keep, meta=meta, target_accuracy=args.target_accuracy,
+                         progress=not args.no_progress and workers.chief,
+                         num_workers=workers.num_workers, save_states=save_states)
     log.write(event='end', run=log_name, test_accuracy=history[-1]['test_accuracy'] if history else None)
     return history, trainer, resumed_from
 

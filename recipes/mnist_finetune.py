@@ -41,7 +41,8 @@ def main(argv=None):
     started = time.time()
     experiment.check_args(args)
     contexts = engine.parse_contexts(args.ctx)
-    train_loader, test_loader, num_classes = experiment.load_data(args)
+    workers = experiment.Workers(args.kvstore)
+    train_loader, test_loader, num_classes = experiment.load_data(args, workers=workers)
     net, meta = finetune.load_pretrained(args.pretrained, contexts, args.model)
     args.model = meta['model']
     head = finetune.replace_head(net, num_classes, contexts)
@@ -51,7 +52,7 @@ def main(argv=None):
                                   features_lr_mult=args.features_lr_mult, train_last=args.train_last,
                                   pretrained=args.pretrained)
     history, _, _ = experiment.train(net, args, train_loader, test_loader, contexts, config,
-                                     'finetune')
+                                     'finetune', workers)
     result = experiment.summary(history, config, started)
     print('fine-tuned: test accuracy %.4f' % result['test_accuracy'])
     if args.compare_scratch:
@@ -59,11 +60,11 @@ def main(argv=None):
         scratch_args.checkpoint_dir, scratch_args.resume = None, False
         scratch = experiment.new_model(args.model, num_classes, contexts, args.seed)
         scratch_history, _, _ = experiment.train(scratch, scratch_args, train_loader,
-                                                 test_loader, contexts, config, 'scratch')
+                                                 test_loader, contexts, config, 'scratch', workers)
         result['scratch_test_accuracy'] = scratch_history[-1]['test_accuracy']
         result['scratch_history'] = scratch_history
         print('from scratch: test accuracy %.4f' % result['scratch_test_accuracy'])
-    if args.out:
+    if args.out and workers.chief:
         experiment.write_json(args.out, result)
     return 0
 

@@ -32,17 +32,18 @@ def main(argv=None):
     started = time.time()
     experiment.check_args(args)
     contexts = engine.parse_contexts(args.ctx)
-    train_loader, test_loader, num_classes = experiment.load_data(args)
+    workers = experiment.Workers(args.kvstore)
+    train_loader, test_loader, num_classes = experiment.load_data(args, workers=workers)
     config = experiment.config_of(args, num_classes=num_classes, features=None, pretrained=None)
     net = experiment.new_model(args.model, num_classes, contexts, args.seed)
     history, trainer, _ = experiment.train(net, args, train_loader, test_loader, contexts,
-                                           config, 'pretrain')
-    if args.save:
+                                           config, 'pretrain', workers)
+    if args.save and workers.chief:
         checkpoint.save(args.save, net, {'model': args.model, 'num_classes': num_classes,
                                          'config': config, 'epoch': len(history),
-                                         'history': history}, trainer)
+                                         'history': history}, trainer, workers.states_saver())
     result = experiment.summary(history, config, started)
-    if args.out:
+    if args.out and workers.chief:
         experiment.write_json(args.out, result)
     print('test accuracy %.4f after %d epochs' % (result['test_accuracy'], result['epochs_run']))
     return 0
