@@ -49,6 +49,10 @@ out = {'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
 out['torch Adam (fused)'] = bench(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))
 out['torch NAdam (foreach)'] = bench(lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=True))
 out['torch NAdam (for-loop)'] = bench(lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=False))
+threads = torch.get_num_threads()
+torch.set_num_threads(1)  # on a busy machine one thread can beat a team that waits for its slowest
+out['torch Adam (fused, 1 thread)'] = bench(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))
+torch.set_num_threads(threads)
 print(json.dumps(out))
 '''
 
@@ -240,8 +244,9 @@ def targets(results):
         out['adanag 10M within 1.5x of its floor'] = fused['x_floor'] <= 1.5
         adam = single.get('MXNet adam_update')
         out['adanag 10M >= 4x faster than adam_update'] = adam['ms'] / fused['ms'] >= 4.0
-        torch = single.get('torch Adam (fused)')
-        out['adanag 10M faster than torch fused Adam'] = (fused['ms'] < torch['ms']) if torch else None
+        torch = [row['ms'] for name, row in single.items() if name.startswith('torch Adam (fused')]
+        # against the faster of its default thread count and one thread
+        out['adanag 10M faster than torch fused Adam'] = (fused['ms'] < min(torch)) if torch else None
     resnet = results.get('resnet50', {}).get('rows', {})
     if 'mxnag adanag (fused)' in resnet:
         out['resnet50 adanag no slower than sgd momentum'] = (

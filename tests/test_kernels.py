@@ -558,3 +558,17 @@ def test_threading_modes_agree_with_composed(env):
                           stderr=subprocess.PIPE, universal_newlines=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-5
+
+
+def test_bench_runs_small(tmp_path, capsys):
+    """The benchmark script end to end on a small tensor (no timing is asserted)."""
+    from mxnag import bench
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--size', '100000', '--repeats', '1', '--warmup', '0', '--no-resnet',
+                       '--no-torch', '--no-cuda', '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result['single']['rows']
+    assert {'MXNet adam_update', 'MXNet sgd momentum (aggregated)', 'copy (MXNet copyto)'} <= set(rows)
+    if HAS_COMPILER:
+        assert rows['mxnag adanag (fused)']['x_adanag'] == 1.0
+    assert '| step | median ms |' in capsys.readouterr().out

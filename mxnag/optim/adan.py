@@ -47,6 +47,9 @@ class Adan(MxnagOptimizer):
     epsilon : float > 0, default 1e-8.
     no_prox : bool, default False. False applies weight decay as the proximal step
         ``w / (1 + lr * wd)`` after the update; True multiplies by ``1 - lr * wd`` before it.
+    aggregate_num : int >= 0, default ``$MXNAG_AGGREGATE_NUM`` or 32. Parameters MXNet's
+        Updater (and so gluon.Trainer) hands over per update call; on the fused CPU path a
+        group is one operator call. 0 updates one parameter per call.
     **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ...).
     """

@@ -54,6 +54,9 @@ class AdaNAG(MxnagOptimizer):
         constant ``mu_t = beta1 / 2``.
     decoupled_wd : bool, default True. Decay the weights directly by ``lr * wd`` (NAdamW);
         False adds ``wd * w`` to the gradient instead.
+    aggregate_num : int >= 0, default ``$MXNAG_AGGREGATE_NUM`` or 32. Parameters MXNet's
+        Updater (and so gluon.Trainer) hands over per update call; on the fused CPU path a
+        group is one operator call. 0 updates one parameter per call.
     **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``param_idx2name``,
         ``begin_num_update``, ...). ``multi_precision=True`` keeps float32 master weights
