@@ -53,7 +53,7 @@ def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=print):
     splits = data.load('mnist', data_dir)
     x, y = splits['train']
     x = data.normalize(x)
-    train = data.ArrayLoader(x[:50000], y[:50000], 128, seed=seed)
+    train = data.ArrayLoader(x[:50000], y[:50000], 128, seed=seed, last_batch='discard')
     valid = data.ArrayLoader(x[50000:], y[50000:], 1000, shuffle=False)
     best = {}
     for model in models:
@@ -84,7 +84,8 @@ def compare(models, optimizers, seeds, epochs, data_dir=None, lrs=None, log=None
     for model in models:
         for optimizer in optimizers:
             for seed in seeds:
-                train = data.ArrayLoader(train_x, splits['train'][1], 128, seed=seed)
+                train = data.ArrayLoader(train_x, splits['train'][1], 128, seed=seed,
+                                         last_batch='discard')
                 test = data.ArrayLoader(test_x, splits['test'][1], 1000, shuffle=False)
                 lr = lrs[model][optimizer]
                 history = train_once(run_args(model, optimizer, lr, epochs, seed), train, test, log)
@@ -173,13 +174,13 @@ def results_markdown(out_dir):
         with open(os.path.join(out_dir, name)) as f:
             return json.load(f)
 
-    lines = ['| run | test accuracy after epoch 3 | after epoch 10 | best within 10 |',
+    lines = ['| run (adanag defaults, cosine decay) | epochs | final test accuracy | best epoch |',
              '|---|---|---|---|']
-    for name, label in (('lenet_adanag.json', 'lenet + adanag (defaults)'),
-                        ('mlp_adanag.json', 'mlp + adanag (defaults)')):
+    for name, label in (('lenet_adanag_3.json', 'lenet'), ('lenet_adanag_10.json', 'lenet'),
+                        ('mlp_adanag_10.json', 'mlp')):
         acc = [h['test_accuracy'] for h in load(name)['history']]
-        lines.append('| %s | %.2f%% | %.2f%% | %.2f%% |'
-                     % (label, 100 * acc[2], 100 * acc[-1], 100 * max(acc)))
+        lines.append('| %s | %d | %.2f%% | %.2f%% (epoch %d) |'
+                     % (label, len(acc), 100 * acc[-1], 100 * max(acc), acc.index(max(acc)) + 1))
     lines += ['', '| fine-tuning LeNet 0-4 -> 5-9 | fine-tuned | from scratch |', '|---|---|---|']
     for shots in (10, 100):
         r = load('finetune_%d_shots.json' % shots)

@@ -168,7 +168,7 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
                 correct += (o.argmax(axis=1) == b.astype(o.dtype)).sum().as_in_context(contexts[0])
             seen += x.shape[0]
             bar.update(1)
-            if progress and (batch % 50 == 49 or batch + 1 == len(train_loader)):
+            if batch % 50 == 49 or batch + 1 == len(train_loader):
                 mean_loss = float(total_loss.asscalar()) / seen
                 accuracy = float(correct.asscalar()) / seen
                 rate = seen / (time.time() - start)

@@ -170,8 +170,12 @@ def load_data(args, seed=None, workers=None):
                                    seed=args.seed if seed is None else seed)
     test_x, test_y = data.subset(*splits['test'], classes=classes)
     shard = (workers.rank, workers.num_workers) if workers else (0, 1)
+    # the last partial batch is dropped (each epoch reshuffles, so every example is used):
+    # a step on a handful of examples can throw an adaptive optimizer far off (seen here:
+    # LeNet on digits 0-4 fell from 99.7% to 88.6% test accuracy on a final batch of 4)
     train = data.ArrayLoader(data.normalize(train_x, args.dataset), train_y,
-                             min(args.batch_size, len(train_y)), seed=args.seed, shard=shard)
+                             min(args.batch_size, len(train_y)), seed=args.seed,
+                             last_batch='discard', shard=shard)
     test = data.ArrayLoader(data.normalize(test_x, args.dataset), test_y, 1000, shuffle=False)
     return train, test, len(classes) if classes else 10
 
