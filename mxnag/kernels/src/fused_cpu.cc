@@ -241,7 +241,8 @@ bool parse_double(const char* key, const std::string& text, double* value) {
   char* end = nullptr;
   errno = 0;
   *value = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || errno == ERANGE) {
+  // underflow (a subnormal or zero result) is the correctly rounded value; overflow is not
+  if (text.empty() || *end != '\0' || (errno == ERANGE && std::isinf(*value))) {
     MX_ERROR_MSG << "mxnag: attribute '" << key << "' must be a number, got '" << text << "'";
     return false;
   }
