@@ -140,3 +140,28 @@ def prune(directory, keep):
         os.remove(prefix + '.json')  # the commit mark first
         for path in glob.glob(glob.escape(prefix) + '.*'):
             os.remove(path)
+
+
+def load_trainer_states(trainer, path, optimizer_name):
+    """``trainer.load_states(path)``, after checking that the file holds the states of
+    ``optimizer_name`` for parameters of the trainer's shapes: MXNet itself would swap in
+    whatever optimizer the file holds and fail later, or silently, on a mismatch."""
+    import pickle
+    try:
+        with open(path, 'rb') as f:
+            states, optimizer = pickle.loads(f.read())
+    except (OSError, ValueError, TypeError, EOFError, pickle.UnpicklingError, AttributeError,
+            ImportError) as err:
+        raise MxnagError('%s: not a trainer state file (%s)' % (path, err)) from None
+    found = type(optimizer).__name__.lower()
+    if found != optimizer_name.lower():
+        raise MxnagError('%s: states of optimizer %r, not %r' % (path, found, optimizer_name))
+    for index, state in states.items():
+        param = trainer._params[index] if isinstance(index, int) and index < len(trainer._params) else None
+        arrays = [s for s in (state if isinstance(state, (tuple, list)) else (state,))
+                  if hasattr(s, 'shape')]
+        if param is None or any(a.shape != param.shape for a in arrays):
+            raise MxnagError('%s: states for another model (parameter %r: %s, here %s)'
+                             % (path, index, [a.shape for a in arrays],
+                                None if param is None else param.shape))
+    trainer.load_states(path)

@@ -32,7 +32,8 @@ def run_args(model, optimizer, lr, epochs, seed, batch_size=128, data_dir=None, 
         opt_arg=['%s=%r' % kv for kv in OPTIMIZER_ARGS.get(optimizer, {}).items()],
         epochs=epochs, batch_size=batch_size, lr_schedule='constant', warmup_epochs=0.0,
         lr_step_epochs=[], lr_factor=0.1, ctx='cpu', kvstore='device', seed=seed,
-        target_accuracy=None, dataset='mnist', data_dir=data_dir, classes=classes, shots=None,
+        target_accuracy=None, max_skips=10, dataset='mnist', data_dir=data_dir, classes=classes,
+        shots=None,
         out=None, log=None, checkpoint_dir=None, keep=1, resume=False, no_progress=True)
 
 

@@ -15,7 +15,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from . import checkpoint, optim  # noqa: F401  (optim registers 'adanag' and 'adan')
-from .errors import MxnagError
+from .errors import MxnagError, TrainingError
 
 SCHEDULES = ('constant', 'step', 'cosine')
 
@@ -106,6 +106,67 @@ class MetricsLog:
                 f.write(json.dumps(dict(record, time=round(time.time(), 3))) + '\n')
 
 
+class NonFiniteGuard:
+    """Applies ``trainer.step`` only when the loss and every gradient are finite.
+
+    A step with a NaN or Inf loss or gradient is skipped, weights and optimizer states
+    untouched (the gradients are overwritten by the next backward pass), logged and
+    counted; more than ``max_consecutive`` skips in a row raise ``TrainingError``. With
+    MXNet's AMP dynamic loss scaling (``amp.init_trainer``) the Trainer itself skips
+    overflowing steps and halves the scale: the guard only counts those. On a distributed
+    kvstore the workers cannot agree to skip, so a non-finite step stops the job at once.
+    """
+
+    def __init__(self, trainer, max_consecutive=10, log=None, distributed=False):
+        self.trainer, self.max_consecutive = trainer, max_consecutive
+        self.log, self.distributed = log, distributed
+        self.scaler = getattr(trainer, '_amp_loss_scaler', None)
+        self.total = self.consecutive = 0
+
+    def all_finite(self, losses):
+        """One host synchronisation: 1.0 from MXNet's multi_all_finite on each device."""
+        by_context = {}
+        params = [p for p in self.trainer._params if p.grad_req != 'null']
+        for array in [g for p in params for g in p.list_grad()] + list(losses):
+            by_context.setdefault(array.context, []).append(array)
+        flags = []
+        for context, arrays in by_context.items():
+            flag = mx.nd.ones((1,), ctx=context)
+            for i in range(0, len(arrays), 200):  # the operator takes at most a few hundred
+                chunk = arrays[i:i + 200]
+                mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False,
+                                               out=flag)
+            flags.append(flag)
+        return all(float(f.asscalar()) == 1.0 for f in flags)
+
+    def step(self, losses, batch_size, epoch, batch):
+        """Step if finite; returns whether the step was applied."""
+        if self.scaler is not None:
+            self.trainer.step(batch_size)
+            applied = not self.scaler._next_loss_scale < self.scaler._loss_scale
+        else:
+            applied = self.all_finite(losses)
+            if applied:
+                self.trainer.step(batch_size)
+            elif self.distributed:
+                raise TrainingError('epoch %d, batch %d: non-finite loss or gradient on a '
+                                    'distributed run; stopping (resume from the last checkpoint)'
+                                    % (epoch, batch))
+        if applied:
+            self.consecutive = 0
+            return True
+        self.total += 1
+        self.consecutive += 1
+        if self.log:
+            self.log.write(event='skip', epoch=epoch, batch=batch, skipped_total=self.total,
+                           consecutive=self.consecutive)
+        if self.consecutive > self.max_consecutive:
+            raise TrainingError('epoch %d, batch %d: %d steps in a row had a non-finite loss or '
+                                'gradient (limit --max-skips %d); stopping'
+                                % (epoch, batch, self.consecutive, self.max_consecutive))
+        return False
+
+
 def _split(x, y, contexts):
     return (gluon.utils.split_and_load(x, contexts, even_split=False),
             gluon.utils.split_and_load(y, contexts, even_split=False))
@@ -129,7 +190,7 @@ def evaluate(net, loader, contexts):
 
 def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, start_epoch=0,
         history=None, log=None, checkpoint_dir=None, keep=3, meta=None, target_accuracy=None,
-        progress=True, num_workers=1, save_states=None):
+        progress=True, num_workers=1, save_states=None, max_skips=10):
     """Train ``net`` from ``start_epoch`` to ``epochs``, evaluating on ``test_loader``
     after each epoch; returns the history (one dict per epoch).
 
@@ -138,19 +199,22 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
     ``checkpoint.save``), keeping the newest ``keep``. With ``target_accuracy`` it stops
     after the first epoch whose test accuracy reaches it. With ``num_workers`` > 1 each
     batch is this worker's slice of a global batch ``num_workers`` times larger, and the
-    step is normalised by the global batch.
+    step is normalised by the global batch. Steps with a non-finite loss or gradient are
+    skipped (see ``NonFiniteGuard``; ``max_skips`` in a row stop the run); each epoch's
+    record counts them under ``skipped_steps``.
     """
     from tqdm import tqdm
     log = log or MetricsLog(None)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     history = list(history or [])
     elapsed = history[-1]['elapsed'] if history else 0.0
+    guard = NonFiniteGuard(trainer, max_skips, log, distributed=num_workers > 1)
     for epoch in range(start_epoch, epochs):
         if target_accuracy is not None and history and history[-1]['test_accuracy'] >= target_accuracy:
             break
         mx.random.seed(seed * 100003 + epoch)
         train_loader.epoch = epoch
-        start = time.time()
+        start, skips_before = time.time(), guard.total
         total_loss = mx.nd.zeros(1, ctx=contexts[0])
         correct = mx.nd.zeros(1, ctx=contexts[0])
         seen = 0
@@ -161,22 +225,28 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
             with autograd.record():
                 outs = [net(a) for a in xs]
                 losses = [loss_fn(o, b) for o, b in zip(outs, ys)]
-            autograd.backward(losses)
-            trainer.step(x.shape[0] * num_workers)
+                if guard.scaler is not None:  # MXNet's AMP: backward of the scaled loss
+                    from mxnet.contrib import amp
+                    with amp.scale_loss(losses, trainer) as scaled:
+                        autograd.backward(scaled)
+            if guard.scaler is None:
+                autograd.backward(losses)
+            bar.update(1)
+            if not guard.step(losses, x.shape[0] * num_workers, epoch + 1, batch + 1):
+                continue
             for o, b, loss in zip(outs, ys, losses):
                 total_loss += loss.sum().as_in_context(contexts[0])
                 correct += (o.argmax(axis=1) == b.astype(o.dtype)).sum().as_in_context(contexts[0])
             seen += x.shape[0]
-            bar.update(1)
             if batch % 50 == 49 or batch + 1 == len(train_loader):
-                mean_loss = float(total_loss.asscalar()) / seen
-                accuracy = float(correct.asscalar()) / seen
+                mean_loss = float(total_loss.asscalar()) / max(seen, 1)
+                accuracy = float(correct.asscalar()) / max(seen, 1)
                 rate = seen / (time.time() - start)
                 bar.set_postfix(loss='%.4f' % mean_loss, acc='%.4f' % accuracy, img_s='%.0f' % rate)
                 log.write(event='batch', epoch=epoch + 1, batch=batch + 1, loss=mean_loss,
                           accuracy=accuracy, images_per_sec=rate)
-        train_loss = float(total_loss.asscalar()) / seen
-        train_accuracy = float(correct.asscalar()) / seen
+        train_loss = float(total_loss.asscalar()) / seen if seen else float('nan')
+        train_accuracy = float(correct.asscalar()) / seen if seen else float('nan')
         seconds = time.time() - start
         bar.close()
         elapsed += seconds
@@ -184,7 +254,8 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
         record = {'epoch': epoch + 1, 'train_loss': train_loss, 'train_accuracy': train_accuracy,
                   'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
                   'learning_rate': trainer.learning_rate, 'seconds': seconds, 'elapsed': elapsed,
-                  'images_per_sec': seen / seconds}
+                  'images_per_sec': seen / seconds,
+                  'skipped_steps': guard.total - skips_before}
         history.append(record)
         log.write(event='epoch', **record)
         if progress:

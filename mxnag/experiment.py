@@ -10,7 +10,7 @@ import time
 import mxnet as mx
 
 from . import __version__, checkpoint, data, distributed, engine, models
-from .errors import MxnagError  # noqa: F401  (re-exported for the recipes)
+from .errors import MxnagError, TrainingError  # noqa: F401  (MxnagError re-exported)
 
 # Changing any of these makes a checkpoint of the run unusable for --resume.
 RESUME_KEYS = ('model', 'dataset', 'classes', 'shots', 'optimizer', 'lr', 'opt_args', 'batch_size',
@@ -85,6 +85,12 @@ def add_training_args(parser, model='lenet', optimizer='adanag', lr=None, epochs
                        help='device, local, none, or dist_sync, dist_device_sync, dist_async '
                        'under mxnag launch (default device)')
     group.add_argument('--seed', type=int, default=0, help='(default 0)')
+    group.add_argument('--amp', action='store_true',
+                       help="float16 mixed precision with MXNet's AMP and dynamic loss scaling "
+                       '(GPU contexts only)')
+    group.add_argument('--max-skips', type=nonnegative_int, default=10,
+                       help='stop after this many steps in a row with a non-finite loss or '
+                       'gradient (each is skipped; default 10)')
     group.add_argument('--target-accuracy', type=float,
                        help='stop after the first epoch whose test accuracy reaches this (0-1)')
 
@@ -102,13 +108,17 @@ def add_output_args(parser):
 
 
 def run_cli(main, argv=None):
-    """Run ``main(argv)``; bad input ends with exit status 2 and one line on stderr."""
+    """Run ``main(argv)``; bad input ends with exit status 2 and one line on stderr, a
+    training failure (``TrainingError``) with exit status 1 and one line."""
+    prog = os.path.basename(sys.argv[0]) or 'mxnag'
     try:
         return main(argv)
     except MxnagError as err:
-        prog = os.path.basename(sys.argv[0]) or 'mxnag'
         sys.stderr.write('%s: error: %s\n' % (prog, err))
         return 2
+    except TrainingError as err:
+        sys.stderr.write('%s: stopped: %s\n' % (prog, err))
+        return 1
 
 
 def write_json(path, obj):
@@ -161,6 +171,21 @@ class Workers:
         return lambda path: distributed.save_server_states(self.kvstore, path)
 
 
+def prepare(args):
+    """What every recipe does first: check ``args``, then ``(contexts, workers,
+    train_loader, test_loader, num_classes)``."""
+    check_args(args)
+    contexts = engine.parse_contexts(args.ctx)
+    if getattr(args, 'amp', False):
+        if any(ctx.device_type != 'gpu' for ctx in contexts):
+            raise MxnagError("--amp: needs GPU contexts (MXNet's CPU build has no float16 "
+                             'Dense or Convolution)')
+        from mxnet.contrib import amp
+        amp.init()  # before any network is built: it patches MXNet's operators
+    workers = Workers(args.kvstore)
+    return (contexts, workers) + load_data(args, workers=workers)
+
+
 def load_data(args, seed=None, workers=None):
     """``(train_loader, test_loader, num_classes)`` for the data options of ``args``;
     with ``workers``, the training loader yields this worker's slice of each batch."""
@@ -210,6 +235,9 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
     optimizer.set_wd_mult({i: p.wd_mult for i, p in enumerate(params) if p.wd_mult != 1.0})
     dist = workers.distributed
     trainer = mx.gluon.Trainer(params, optimizer, kvstore=workers.kvstore)
+    if getattr(args, 'amp', False):  # dynamic loss scaling; engine.fit counts its skips
+        from mxnet.contrib import amp
+        amp.init_trainer(trainer)
     if dist:  # the servers get the optimizer once, so with the global batch's normalisation
         optimizer.rescale_grad = trainer._scale / train_loader.batch_size
         trainer._init_kvstore()
@@ -222,6 +250,9 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
         for bad, reason in skipped:
             sys.stderr.write('warning: skipping checkpoint %s: %s\n' % (bad, reason))
         if prefix is not None:
+            if saved.get('mxnag_version') != __version__:
+                raise MxnagError('--resume: %s was written by mxnag %s; this is mxnag %s'
+                                 % (prefix + '.json', saved.get('mxnag_version'), __version__))
             differing = [k for k in RESUME_KEYS if saved['config'].get(k) != config.get(k)]
             if differing:
                 raise MxnagError('--resume: %s was made with other settings (%s: %r, now %r)'
@@ -229,7 +260,7 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
                                     config.get(differing[0])))
             net.load_parameters(prefix + '.params', ctx=contexts)
             if not dist:
-                trainer.load_states(prefix + '.states')
+                checkpoint.load_trainer_states(trainer, prefix + '.states', args.optimizer)
             elif workers.chief:
                 distributed.load_server_states(workers.kvstore, prefix + '.states')
             start_epoch, history, resumed_from = saved['epoch'], saved['history'], prefix
@@ -243,7 +274,8 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
                          checkpoint_dir=args.checkpoint_dir if workers.chief else None,
                          keep=args.keep, meta=meta, target_accuracy=args.target_accuracy,
                          progress=not args.no_progress and workers.chief,
-                         num_workers=workers.num_workers, save_states=save_states)
+                         num_workers=workers.num_workers, save_states=save_states,
+                         max_skips=args.max_skips)
     log.write(event='end', run=log_name, test_accuracy=history[-1]['test_accuracy'] if history else None)
     return history, trainer, resumed_from
 

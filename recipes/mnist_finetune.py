@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from mxnag import engine, experiment, finetune
+from mxnag import experiment, finetune
 
 
 def parse_args(argv):
@@ -39,10 +39,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
-    experiment.check_args(args)
-    contexts = engine.parse_contexts(args.ctx)
-    workers = experiment.Workers(args.kvstore)
-    train_loader, test_loader, num_classes = experiment.load_data(args, workers=workers)
+    contexts, workers, train_loader, test_loader, num_classes = experiment.prepare(args)
     net, meta = finetune.load_pretrained(args.pretrained, contexts, args.model)
     args.model = meta['model']
     head = finetune.replace_head(net, num_classes, contexts)

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from mxnag import checkpoint, engine, experiment
+from mxnag import checkpoint, experiment
 
 
 def parse_args(argv):
@@ -30,10 +30,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
-    experiment.check_args(args)
-    contexts = engine.parse_contexts(args.ctx)
-    workers = experiment.Workers(args.kvstore)
-    train_loader, test_loader, num_classes = experiment.load_data(args, workers=workers)
+    contexts, workers, train_loader, test_loader, num_classes = experiment.prepare(args)
     config = experiment.config_of(args, num_classes=num_classes, features=None, pretrained=None)
     net = experiment.new_model(args.model, num_classes, contexts, args.seed)
     history, trainer, _ = experiment.train(net, args, train_loader, test_loader, contexts,

@@ -205,3 +205,23 @@ def test_row_sparse_gradient_refused(name):
     with pytest.raises(TypeError, match='row_sparse gradient'):
         opt.update(0, w, grad, state)
     np.testing.assert_array_equal(w.asnumpy(), before)
+
+
+@pytest.mark.skipif(mx.context.num_gpus() == 0, reason='no GPU (mx.context.num_gpus() == 0)')
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_on_gpu_matches_reference_with_states_on_the_gpu(name, dtype, rng):
+    w0, grads = random_problem(rng, (37, 5))
+    if dtype == 'float16':
+        w0, grads = w0.astype(np.float16), [g.astype(np.float16) for g in grads]
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, multi_precision=dtype == 'float16')
+    updater = mx.optimizer.get_updater(opt)
+    w = mx.nd.array(w0, ctx=mx.gpu(0), dtype=dtype)
+    for g in grads:
+        updater(0, mx.nd.array(g, ctx=mx.gpu(0), dtype=dtype), w)
+    state = updater.states[0]
+    flat = [a for s in state for a in (s if isinstance(s, tuple) else (s,))]
+    assert all(a.context == mx.gpu(0) for a in flat)
+    master = state[0] if dtype == 'float16' else w
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02)
+    assert relative_error(w0, master.asnumpy(), ref) < FLOAT32_BOUND

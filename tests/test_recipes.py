@@ -125,6 +125,7 @@ BAD_INPUTS = [
     ('mnist_pretrain.py', ['--resume'], '--resume: needs --checkpoint-dir'),
     ('mnist_pretrain.py', ['--kvstore', 'dist_sync'], 'not in a ps-lite cluster'),
     ('mnist_pretrain.py', ['--kvstore', 'nccl'], "--kvstore: 'nccl' is not one of"),
+    ('mnist_pretrain.py', ['--amp'], '--amp: needs GPU contexts'),
     ('mnist_finetune.py', ['--pretrained', '{ckpt}', '--model', 'mlp'], 'checkpoint of a lenet model, not mlp'),
     ('mnist_finetune.py', ['--pretrained', '{garbage}'], 'garbage.json'),
     ('mnist_finetune.py', ['--pretrained', '{nowhere}'], 'checkpoint not found'),

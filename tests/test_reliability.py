@@ -1,0 +1,295 @@
+"""Faults injected on purpose: non-finite gradients, kills during training and during
+checkpoint writes, damaged and foreign files, and random hyperparameters (hypothesis)."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from mxnet import gluon
+
+import mxnag  # noqa: F401
+from mxnag import checkpoint, data, engine, models
+from mxnag.errors import MxnagError, TrainingError
+from conftest import ROOT
+
+STEPS_PER_EPOCH = 10
+
+
+class ListLoader:
+    """Fixed batches; the batches listed in ``poison`` get a NaN (or Inf) pixel."""
+
+    def __init__(self, batches, poison=(), value=np.nan):
+        self.batches, self.poison, self.value, self.epoch = batches, set(poison), value, 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.batches):
+            if (self.epoch, i) in self.poison:
+                x = x.copy()
+                x[0, 0, 0, 0] = self.value
+            yield mx.nd.array(x), mx.nd.array(y)
+
+
+def make_batches(seed=0, n=STEPS_PER_EPOCH):
+    rng = np.random.RandomState(seed)
+    return [(rng.randn(16, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 16)) for _ in range(n)]
+
+
+def train(loader, epochs=2, optimizer='adanag', max_skips=10, amp_scaler=False, log=None):
+    net = models.get_model('mlp')
+    mx.random.seed(1)
+    net.initialize(mx.init.Xavier())
+    trainer = gluon.Trainer(net.collect_params(), optimizer, {'learning_rate': 0.01})
+    if amp_scaler:  # MXNet's AMP loss scaler, as amp.init_trainer attaches it
+        from mxnet.contrib.amp.loss_scaler import LossScaler
+        trainer._amp_loss_scaler = LossScaler()
+        trainer._amp_original_scale = trainer._scale
+    test = ListLoader(make_batches(9, 2))
+    history = engine.fit(net, trainer, loader, test, [mx.cpu()], epochs, progress=False,
+                         max_skips=max_skips, log=log)
+    return net, trainer, history
+
+
+def weights(net):
+    return [p.data().asnumpy() for p in net.collect_params().values()]
+
+
+@pytest.mark.parametrize('optimizer', ['adanag', 'adan', 'sgd'])
+@pytest.mark.parametrize('value', [np.nan, np.inf])
+def test_non_finite_steps_are_skipped_without_touching_anything(optimizer, value, tmp_path):
+    """Poisoned batches 3 and 7 of epoch 1 and 2 of epoch 2: the run ends exactly as a run
+    that never saw those batches, with finite optimizer states."""
+    batches = make_batches()
+    poison = {(0, 3), (0, 7), (1, 2)}
+    log = engine.MetricsLog(str(tmp_path / 'log.jsonl'))
+    net, trainer, history = train(ListLoader(batches, poison, value), optimizer=optimizer, log=log)
+    assert [h['skipped_steps'] for h in history] == [2, 1]
+
+    class Without(ListLoader):
+        def __iter__(self):
+            for i, batch in enumerate(self.batches):
+                if (self.epoch, i) not in poison:
+                    yield mx.nd.array(batch[0]), mx.nd.array(batch[1])
+    clean, _, _ = train(Without(batches), optimizer=optimizer)
+    for a, b in zip(weights(net), weights(clean)):
+        np.testing.assert_array_equal(a, b)
+    for state in trainer._updaters[0].states.values():
+        for array in (state if isinstance(state, (tuple, list)) else [state]):
+            if array is not None:
+                assert np.isfinite(array.asnumpy()).all()
+    assert (tmp_path / 'log.jsonl').read_text().count('"event": "skip"') == 3
+
+
+def test_too_many_consecutive_skips_stop_the_run():
+    poison = {(0, i) for i in range(2, 6)}
+    with pytest.raises(TrainingError, match=r'epoch 1, batch 6: 4 steps in a row .* --max-skips 3'):
+        train(ListLoader(make_batches(), poison), max_skips=3)
+
+
+def test_amp_loss_scaler_skips_overflow_and_guard_counts_it():
+    net, trainer, history = train(ListLoader(make_batches(), {(0, 4)}, np.inf), epochs=1,
+                                  amp_scaler=True)
+    assert history[0]['skipped_steps'] == 1
+    assert trainer._amp_loss_scaler.loss_scale == 2.0 ** 15  # halved once
+    assert all(np.isfinite(w).all() for w in weights(net))
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path):
+    net = models.get_model('mlp')
+    net.initialize()
+    net(mx.nd.zeros((1, 1, 28, 28)))
+    first = checkpoint.save(checkpoint.epoch_prefix(str(tmp_path), 1), net, {'epoch': 1})
+
+    def crash(path):
+        with open(path, 'wb') as f:
+            f.write(b'half a file')
+        raise KeyboardInterrupt('killed mid-write')
+    net.save_parameters, original = crash, net.save_parameters
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(checkpoint.epoch_prefix(str(tmp_path), 2), net, {'epoch': 2})
+    net.save_parameters = original
+    assert sorted(os.listdir(tmp_path)) == ['epoch-0001.json', 'epoch-0001.params']
+    prefix, meta, skipped = checkpoint.newest_good(str(tmp_path), need_states=False)
+    assert prefix == first and meta['epoch'] == 1 and skipped == []
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip', 'delete'])
+def test_damaged_checkpoint_is_named_and_skipped(tmp_path, damage):
+    net = models.get_model('mlp')
+    net.initialize()
+    net(mx.nd.zeros((1, 1, 28, 28)))
+    for epoch in (1, 2):
+        checkpoint.save(checkpoint.epoch_prefix(str(tmp_path), epoch), net, {'epoch': epoch})
+    path = tmp_path / 'epoch-0002.params'
+    if damage == 'truncate':
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == 'flip':
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0x40
+        path.write_bytes(bytes(raw))
+    else:
+        path.unlink()
+    with pytest.raises(MxnagError, match='epoch-0002.params: (checksum mismatch|missing)'):
+        checkpoint.read_meta(str(tmp_path / 'epoch-0002'))
+    prefix, meta, skipped = checkpoint.newest_good(str(tmp_path), need_states=False)
+    assert meta['epoch'] == 1 and skipped[0][0].endswith('epoch-0002')
+
+
+def test_foreign_state_files_are_refused(tmp_path):
+    def trainer_for(model, optimizer):
+        net = models.get_model(model)
+        net.initialize()
+        net(mx.nd.zeros((1, 1, 28, 28)))
+        trainer = gluon.Trainer(net.collect_params(), optimizer)
+        x = mx.nd.random.normal(shape=(4, 1, 28, 28))
+        with mx.autograd.record():
+            loss = net(x).sum()
+        loss.backward()
+        trainer.step(4)
+        return trainer
+    trainer_for('mlp', 'adanag').save_states(str(tmp_path / 'mlp.states'))
+    with pytest.raises(MxnagError, match="states of optimizer 'adanag', not 'adan'"):
+        checkpoint.load_trainer_states(trainer_for('mlp', 'adan'), str(tmp_path / 'mlp.states'), 'adan')
+    with pytest.raises(MxnagError, match='states for another model'):
+        checkpoint.load_trainer_states(trainer_for('lenet', 'adanag'), str(tmp_path / 'mlp.states'), 'adanag')
+    (tmp_path / 'junk.states').write_bytes(b'\x80\x04junk')
+    with pytest.raises(MxnagError, match='not a trainer state file'):
+        checkpoint.load_trainer_states(trainer_for('mlp', 'adanag'), str(tmp_path / 'junk.states'), 'adanag')
+
+
+def test_checkpoint_of_another_mxnag_version_is_refused(tmp_path, mnist_dir):
+    args = [sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'mnist_pretrain.py'),
+            '--model', 'mlp', '--shots', 10, '--epochs', 1, '--data-dir', mnist_dir,
+            '--no-progress', '--checkpoint-dir', tmp_path]
+    args = [str(a) for a in args]
+    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    meta_path = tmp_path / 'epoch-0001.json'
+    meta_path.write_text(meta_path.read_text().replace('"mxnag_version": "%s"' % mxnag.__version__,
+                                                       '"mxnag_version": "0.0.1"'))
+    proc = subprocess.run(args + ['--resume', '--epochs', '2'], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and 'written by mxnag 0.0.1' in proc.stderr
+
+
+KILL_ARGS = ['--model', 'mlp', '--shots', 150, '--epochs', 6, '--batch-size', 25, '--optimizer',
+             'adan', '--lr-schedule', 'cosine', '--no-progress', '--keep', 2]
+
+
+def test_killed_at_random_moments_and_resumed_equals_uninterrupted(tmp_path, mnist_dir):
+    """SIGKILL at 3 random moments (seeded), each followed by --resume: the final weights
+    are bit for bit those of a run that was never interrupted."""
+    def cmd(directory, resume):
+        args = [sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'mnist_pretrain.py')]
+        args += [str(a) for a in KILL_ARGS] + ['--data-dir', mnist_dir, '--checkpoint-dir', str(directory)]
+        return args + (['--resume'] if resume else [])
+    subprocess.run(cmd(tmp_path / 'clean', False), check=True, capture_output=True, timeout=300)
+    rng = random.Random(20261126)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(cmd(tmp_path / 'killed', attempt > 0), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        if kills < 3:
+            time.sleep(rng.uniform(2.5, 7.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        if proc.wait(timeout=300) == 0:
+            break
+    assert kills >= 1 and proc.returncode == 0
+    final = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'killed' / 'epoch-0006.params')).items()}
+    clean = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'clean' / 'epoch-0006.params')).items()}
+    assert all(np.array_equal(final[k], clean[k]) for k in clean)
+
+
+WRITER = textwrap.dedent('''
+    import sys, mxnet as mx
+    from mxnag import checkpoint, models
+    net = models.get_model('seed-cnn')
+    net.initialize()
+    net(mx.nd.zeros((1, 1, 28, 28)))
+    for epoch in range(1, 100000):
+        checkpoint.save(checkpoint.epoch_prefix(sys.argv[1], epoch), net, {'epoch': epoch})
+        checkpoint.prune(sys.argv[1], 2)
+        print(epoch, flush=True)
+''')
+
+
+@pytest.mark.parametrize('delay', [0.3, 0.55, 0.8])
+def test_killed_during_checkpoint_writes_leaves_a_good_one(tmp_path, delay):
+    """A process writing 6.6 MB checkpoints back to back, SIGKILLed at random moments."""
+    proc = subprocess.Popen([sys.executable, '-c', WRITER, str(tmp_path)], stdout=subprocess.PIPE)
+    proc.stdout.readline()  # the first checkpoint is complete
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+    prefix, meta, skipped = checkpoint.newest_good(str(tmp_path), need_states=False)
+    assert prefix is not None and skipped == []
+    committed = checkpoint.list_epochs(str(tmp_path))
+    assert committed[0] == prefix  # every committed checkpoint verifies
+
+
+def test_image_and_label_counts_that_disagree(tmp_path, monkeypatch):
+    from test_data import write_idx
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 6), ('t10k', 4)):
+        write_idx(tmp_path / ('%s-images-idx3-ubyte.gz' % split), rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / ('%s-labels-idx1-ubyte.gz' % split), rng.integers(0, 10, (n - 1,)))
+    info = data.DATASETS['mnist']._replace(sha256={k: None for k in data.DATASETS['mnist'].sha256})
+    monkeypatch.setitem(data.DATASETS, 'mnist', info)
+    with pytest.raises(data.DataError, match=r'train-images-idx3-ubyte.gz and .*train-labels-idx1-ubyte.gz '
+                                             r'disagree: \(6, 28, 28\) images, \(5,\) labels'):
+        data.load('mnist', str(tmp_path), download=False)
+
+
+FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+VALID = {
+    'adanag': dict(learning_rate=st.floats(0, 1), beta1=st.floats(0, 0.999), beta2=st.floats(0, 0.9999),
+                   epsilon=st.floats(1e-10, 1), momentum_decay=st.floats(0, 1), wd=st.floats(0, 1),
+                   decoupled_wd=st.booleans()),
+    'adan': dict(learning_rate=st.floats(0, 1), beta1=st.floats(0, 0.999), beta2=st.floats(0, 0.999),
+                 beta3=st.floats(0, 0.9999), epsilon=st.floats(1e-10, 1), wd=st.floats(0, 1),
+                 no_prox=st.booleans()),
+}
+
+
+@pytest.mark.parametrize('name', sorted(VALID))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_valid_hyperparameters_and_finite_gradients_stay_finite(name, data):
+    kwargs = data.draw(st.fixed_dictionaries(VALID[name]))
+    grads = data.draw(st.lists(st.lists(FINITE, min_size=5, max_size=5), min_size=1, max_size=6))
+    opt = mx.optimizer.create(name, **kwargs)
+    updater = mx.optimizer.get_updater(opt)
+    w = mx.nd.array(np.linspace(-1, 1, 5))
+    for g in grads:
+        updater(0, mx.nd.array(g), w)
+    assert np.isfinite(w.asnumpy()).all(), (kwargs, grads)
+
+
+INVALID = st.sampled_from([
+    ('beta1', st.one_of(st.floats(1, 1e6), st.floats(-1e6, -1e-9))),
+    ('beta2', st.one_of(st.floats(1, 1e6), st.floats(-1e6, -1e-9))),
+    ('epsilon', st.floats(-1e6, 0)),
+    ('learning_rate', st.floats(-1e6, -1e-12)),
+    ('wd', st.floats(-1e6, -1e-12)),
+    ('beta1', st.just(float('nan'))),
+    ('beta1', st.text(max_size=3)),
+])
+
+
+@pytest.mark.parametrize('name', ['adanag', 'adan'])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_invalid_hyperparameters_always_raise(name, data):
+    arg, values = data.draw(INVALID)
+    value = data.draw(values)
+    with pytest.raises((ValueError, TypeError), match=arg):
+        mx.optimizer.create(name, **{arg: value})
