@@ -251,6 +251,9 @@ def targets(results):
     if 'mxnag adanag (fused)' in resnet:
         out['resnet50 adanag no slower than sgd momentum'] = (
             resnet['mxnag adanag (fused)']['ms'] <= resnet['MXNet sgd momentum (aggregated)']['ms'])
+    epoch = results.get('epoch', {}).get('rows', {})
+    if epoch:
+        out['lenet epoch with adanag within 3% of sgd'] = epoch['adanag']['x_first'] <= 1.03
     return out
 
 
@@ -326,18 +329,43 @@ def machine():
     return info
 
 
+def epoch_seconds(model, optimizers, data_dir, repeats):
+    """Median seconds of one MNIST training epoch of ``model`` per optimizer (batch 128,
+    the recipes' engine), the optimizers alternating so that load drifts hit all alike."""
+    import statistics
+    from . import compare, data
+    splits = data.load('mnist', data_dir)
+    images, labels = data.normalize(splits['train'][0]), splits['train'][1]
+    test = data.ArrayLoader(images[:1000], labels[:1000], 1000, shuffle=False)
+    times = {name: [] for name in optimizers}
+    for _ in range(repeats):
+        for name in optimizers:
+            lr = compare.TUNED_LR[model][name] if name in compare.TUNED_LR.get(model, {}) else None
+            args = compare.run_args(model, name, lr, 1, seed=0)
+            loader = data.ArrayLoader(images, labels, 128, seed=0, last_batch='discard')
+            history = compare.train_once(args, loader, test)
+            times[name].append(history[-1]['seconds'])
+    rows = {name: {'median_s': statistics.median(t), 'all_s': t} for name, t in times.items()}
+    base = rows[optimizers[0]]['median_s']
+    for row in rows.values():
+        row['x_first'] = row['median_s'] / base
+    return {'model': model, 'repeats': repeats, 'rows': rows}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m mxnag.bench', description=__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, default=10_000_000, help='elements of the single tensor')
     parser.add_argument('--repeats', type=int, default=20, help='timed steps per case (median)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     parser.add_argument('--json', help='write the results here')
-    parser.add_argument('--resnet', action=argparse.BooleanOptionalAction, default=True,
-                        help='also the 161 ResNet-50 parameter shapes')
-    parser.add_argument('--torch', action=argparse.BooleanOptionalAction, default=True,
-                        help='also PyTorch (in a subprocess) when it is installed')
-    parser.add_argument('--cuda', action=argparse.BooleanOptionalAction, default=True,
-                        help='also the CUDA kernels through CuPy when a GPU is there')
+    for flag, what in (('resnet', 'the 161 ResNet-50 parameter shapes'),
+                       ('torch', 'PyTorch (in a subprocess) when it is installed'),
+                       ('cuda', 'the CUDA kernels through CuPy when a GPU is there')):
+        parser.add_argument('--no-' + flag, dest=flag, action='store_false', help='without ' + what)
+    parser.add_argument('--epoch', action='store_true',
+                        help='also one LeNet MNIST training epoch with sgd and with adanag')
+    parser.add_argument('--epoch-repeats', type=int, default=3)
+    parser.add_argument('--data-dir', help='MNIST for --epoch')
     args = parser.parse_args(argv)
     results = {'command': 'python -m mxnag.bench ' + ' '.join(argv if argv is not None else sys.argv[1:]),
                'machine': machine()}
@@ -354,6 +382,12 @@ def main(argv=None):
             print(format_table(gpu), end='\n\n')
         else:
             print('CUDA kernels: skipped (no CuPy or no GPU)\n')
+    if args.epoch:
+        results['epoch'] = epoch_seconds('lenet', ('sgd', 'adanag'), args.data_dir, args.epoch_repeats)
+        print('One LeNet MNIST epoch (batch 128, median of %d):' % args.epoch_repeats)
+        for name, row in results['epoch']['rows'].items():
+            print('  %-8s %7.2f s  %.3fx sgd' % (name, row['median_s'], row['x_first']))
+        print()
     results['machine']['load_average_after'] = os.getloadavg()
     results['targets'] = targets(results)
     for name, met in results['targets'].items():
