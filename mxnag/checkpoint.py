@@ -35,7 +35,7 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Call ``write(tmp_path)``, flush the file to disk, rename it to ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -57,6 +57,15 @@ def _atomic_write(path, write):
         os.close(dir_fd)
 
 
+def write_json(path, obj):
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write('\n')
+    atomic_write(path, write)
+
+
 def save(prefix, net, meta, trainer=None, save_states=None):
     """Write the checkpoint ``prefix`` (see the module doc); ``meta`` must be JSON-able.
 
@@ -66,19 +75,16 @@ def save(prefix, net, meta, trainer=None, save_states=None):
     """
     prefix = prefix_of(prefix)
     files = [prefix + '.params']
-    _atomic_write(files[0], net.save_parameters)
+    atomic_write(files[0], net.save_parameters)
     if save_states is not None:
         files += save_states(prefix + '.states')
     elif trainer is not None:
         files.append(prefix + '.states')
-        _atomic_write(files[-1], trainer.save_states)
+        atomic_write(files[-1], trainer.save_states)
     record = dict(meta, format=FORMAT,
                   sha256={path[len(prefix) + 1:]: _sha256(path) for path in files})
 
-    def write_json(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-    _atomic_write(prefix + '.json', write_json)
+    write_json(prefix + '.json', record)
     return prefix
 
 

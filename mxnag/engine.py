@@ -121,13 +121,13 @@ class NonFiniteGuard:
         self.trainer, self.max_consecutive = trainer, max_consecutive
         self.log, self.distributed = log, distributed
         self.scaler = getattr(trainer, '_amp_loss_scaler', None)
+        self.params = [p for p in trainer._params if p.grad_req != 'null']
         self.total = self.consecutive = 0
 
     def all_finite(self, losses):
         """One host synchronisation: 1.0 from MXNet's multi_all_finite on each device."""
         by_context = {}
-        params = [p for p in self.trainer._params if p.grad_req != 'null']
-        for array in [g for p in params for g in p.list_grad()] + list(losses):
+        for array in [g for p in self.params for g in p.list_grad()] + list(losses):
             by_context.setdefault(array.context, []).append(array)
         flags = []
         for context, arrays in by_context.items():

@@ -2,7 +2,6 @@
 a training run with checkpoints and resume, and the results JSON. The scripts in
 ``recipes/`` only parse arguments and call these functions."""
 import argparse
-import json
 import os
 import sys
 import time
@@ -121,15 +120,6 @@ def run_cli(main, argv=None):
         return 1
 
 
-def write_json(path, obj):
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=1)
-            f.write('\n')
-    checkpoint._atomic_write(path, write)
-
-
 def check_args(args):
     """Checks that argparse cannot express; raises MxnagError naming the argument."""
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
@@ -186,13 +176,13 @@ def prepare(args):
     return (contexts, workers) + load_data(args, workers=workers)
 
 
-def load_data(args, seed=None, workers=None):
+def load_data(args, workers=None):
     """``(train_loader, test_loader, num_classes)`` for the data options of ``args``;
     with ``workers``, the training loader yields this worker's slice of each batch."""
     classes = data.parse_classes(args.classes)
     splits = data.load(args.dataset, args.data_dir)
     train_x, train_y = data.subset(*splits['train'], classes=classes, shots=args.shots,
-                                   seed=args.seed if seed is None else seed)
+                                   seed=args.seed)
     test_x, test_y = data.subset(*splits['test'], classes=classes)
     shard = (workers.rank, workers.num_workers) if workers else (0, 1)
     # the last partial batch is dropped (each epoch reshuffles, so every example is used):

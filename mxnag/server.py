@@ -12,6 +12,8 @@ import os
 import pickle
 import sys
 
+from .checkpoint import atomic_write
+
 # MXNet's servers pass only command 0 (the "controller" command, which carries the
 # pickled optimizer) to Python; mxnag's own commands ride on it, told apart by a prefix
 # that a protocol-0 pickle never starts with. Body after the prefix: a path prefix.
@@ -45,12 +47,12 @@ def main():
                     prefix = cmd_body.decode()[len(SAVE_STATES if save else LOAD_STATES):]
                     path = state_path(prefix, kvstore.rank)
                     if save:
-                        tmp = path + '.tmp'
-                        with open(tmp, 'wb') as f:
-                            f.write(kvstore._updater.get_states(dump_optimizer=True))
-                            f.flush()
-                            os.fsync(f.fileno())
-                        os.replace(tmp, path)
+                        blob = kvstore._updater.get_states(dump_optimizer=True)
+
+                        def write(tmp):
+                            with open(tmp, 'wb') as f:
+                                f.write(blob)
+                        atomic_write(path, write)
                     else:
                         with open(path, 'rb') as f:
                             kvstore._updater.set_states(f.read())

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from mxnag import compare, experiment
+from mxnag import checkpoint, compare, experiment
 
 
 def main(argv=None):
@@ -44,7 +44,7 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     if args.tune:
         best = compare.tune(models, optimizers, args.data_dir)
-        experiment.write_json(os.path.join(args.out_dir, 'tuned_lr.json'), best)
+        checkpoint.write_json(os.path.join(args.out_dir, 'tuned_lr.json'), best)
         print(json.dumps(best, indent=1))
         return 0
     lrs = None
@@ -54,7 +54,7 @@ def main(argv=None):
     result = compare.compare(models, optimizers, range(args.seeds), args.epochs, args.data_dir,
                              lrs, args.log)
     result['command'] = ' '.join(['python', 'recipes/compare_optimizers.py'] + (argv or sys.argv[1:]))
-    experiment.write_json(os.path.join(args.out_dir, 'compare.json'), result)
+    checkpoint.write_json(os.path.join(args.out_dir, 'compare.json'), result)
     table = compare.markdown(result)
     with open(os.path.join(args.out_dir, 'compare.md'), 'w') as f:
         f.write(table)

@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from mxnag import experiment, finetune
+from mxnag import checkpoint, experiment, finetune
 
 
 def parse_args(argv):
@@ -62,7 +62,7 @@ def main(argv=None):
         result['scratch_history'] = scratch_history
         print('from scratch: test accuracy %.4f' % result['scratch_test_accuracy'])
     if args.out and workers.chief:
-        experiment.write_json(args.out, result)
+        checkpoint.write_json(args.out, result)
     return 0
 
 

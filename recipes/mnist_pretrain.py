@@ -41,7 +41,7 @@ def main(argv=None):
                                          'history': history}, trainer, workers.states_saver())
     result = experiment.summary(history, config, started)
     if args.out and workers.chief:
-        experiment.write_json(args.out, result)
+        checkpoint.write_json(args.out, result)
     print('test accuracy %.4f after %d epochs' % (result['test_accuracy'], result['epochs_run']))
     return 0
 
