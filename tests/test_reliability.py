@@ -179,33 +179,51 @@ def test_checkpoint_of_another_mxnag_version_is_refused(tmp_path, mnist_dir):
     assert proc.returncode == 2 and 'written by mxnag 0.0.1' in proc.stderr
 
 
-KILL_ARGS = ['--model', 'mlp', '--shots', 150, '--epochs', 6, '--batch-size', 25, '--optimizer',
+KILL_ARGS = ['--model', 'mlp', '--shots', 150, '--epochs', 8, '--batch-size', 25, '--optimizer',
              'adan', '--lr-schedule', 'cosine', '--no-progress', '--keep', 2]
 
 
+def _wait_for_new_file(directory, before, proc, timeout=120):
+    """Wait until `directory` holds a name not in `before` (an epoch's checkpoint, or its
+    temporary file, appeared) or `proc` ended. True if a new name appeared."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if set(os.listdir(directory)) - before:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def test_killed_at_random_moments_and_resumed_equals_uninterrupted(tmp_path, mnist_dir):
-    """SIGKILL at 3 random moments (seeded), each followed by --resume: the final weights
+    """SIGKILL at 3 random moments of training (seeded: each a random delay of up to one
+    epoch after the run's next checkpoint appears, so it lands anywhere in an epoch or its
+    checkpoint write, however fast the machine), each followed by --resume: the final weights
     are bit for bit those of a run that was never interrupted."""
     def cmd(directory, resume):
         args = [sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'mnist_pretrain.py')]
         args += [str(a) for a in KILL_ARGS] + ['--data-dir', mnist_dir, '--checkpoint-dir', str(directory)]
         return args + (['--resume'] if resume else [])
     subprocess.run(cmd(tmp_path / 'clean', False), check=True, capture_output=True, timeout=300)
+    epoch_s = (os.path.getmtime(tmp_path / 'clean' / 'epoch-0008.json')
+               - os.path.getmtime(tmp_path / 'clean' / 'epoch-0007.json'))
+    killed_dir = tmp_path / 'killed'
+    killed_dir.mkdir()
     rng = random.Random(20261126)
     kills = 0
     for attempt in range(12):
-        proc = subprocess.Popen(cmd(tmp_path / 'killed', attempt > 0), stdout=subprocess.DEVNULL,
+        before = set(os.listdir(killed_dir))
+        proc = subprocess.Popen(cmd(killed_dir, attempt > 0), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        if kills < 3:
-            time.sleep(rng.uniform(2.5, 7.0))
+        if kills < 3 and _wait_for_new_file(killed_dir, before, proc):
+            time.sleep(rng.uniform(0.0, epoch_s))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
         if proc.wait(timeout=300) == 0:
             break
-    assert kills >= 1 and proc.returncode == 0
-    final = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'killed' / 'epoch-0006.params')).items()}
-    clean = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'clean' / 'epoch-0006.params')).items()}
+    assert kills == 3 and proc.returncode == 0, (kills, proc.returncode)
+    final = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'killed' / 'epoch-0008.params')).items()}
+    clean = {k: v.asnumpy() for k, v in mx.nd.load(str(tmp_path / 'clean' / 'epoch-0008.params')).items()}
     assert all(np.array_equal(final[k], clean[k]) for k in clean)
 
 
