@@ -1,16 +1,27 @@
 """Time one optimizer step: mxnag's fused AdaNAG and Adan next to MXNet's own update
 operators, a copy of the same bytes (the bandwidth floor) and PyTorch's Adam/NAdam.
 
-    python -m mxnag.bench [--size N] [--repeats R] [--json out.json] [--no-resnet] [--no-torch]
+    python -m mxnag.bench [--size N] [--rounds R] [--repeats N] [--json out.json] [--no-resnet] [--no-torch]
 
 Two problems: one float32 tensor of ``--size`` elements, and the 161 trainable parameter
-shapes of ResNet-50 (gluoncv's ``resnet50_v1b``). Every MXNet number is the median over
-``--repeats`` steps (after warm-up) of the wall time from the Python call to
-``mx.nd.waitall()``, all in this process; PyTorch runs in a subprocess (its OpenMP runtime
-and thread pool stay out of MXNet's way) on the same shapes.
+shapes of ResNet-50 (gluoncv's ``resnet50_v1b``). An MXNet step is timed from the Python
+call to ``mx.nd.waitall()``: one step alone (its latency, with MXNet's dispatch and
+engine round trip), and, in the rows marked "queued", the time per step of
+``--queue`` steps issued back to back before one ``waitall`` (as a training loop issues
+them: the dispatch of one step overlaps the previous one). PyTorch runs in a subprocess
+(its OpenMP runtime stays out of MXNet's way), on the same shapes; its steps are
+synchronous. The cases take turns: ``--rounds`` rounds of up to ``--repeats`` steps each
+(fewer for slow cases), so that a change in the machine's load hits every case alike;
+each number is the median over all its steps.
 
-The floor of an update is the time to move its bytes (each array it reads, each it
-writes, once) at the bandwidth of the fastest copy measured here.
+The floor of an update is the time its memory traffic takes without its maths: one pass
+of ``mxnag_stream`` (``t += g`` for each array ``t`` the update writes, with the same
+threads, over one array of the problem's total size) reads and writes exactly the
+arrays the update reads and writes, e.g. 4 read and 3 written for AdaNAG or Adam. It is
+timed with steps queued (the memory time, with the least dispatch), in turns with the
+rest. "GB/s" counts each array read or written once. A copy is shown for reference, as
+a bandwidth familiar to compare with; being memcpy, it may or may not read the
+destination before writing it (with non-temporal stores it does not), so it is no floor.
 """
 import argparse
 import json
@@ -21,54 +32,91 @@ import subprocess
 import sys
 import time
 
-# Arrays of the parameter's size each update reads + writes: the floor's numerator.
+# Arrays of the parameter's size each update reads + writes (it reads all it writes).
 BYTES_MOVED = {  # name: (reads, writes)
     'adanag': (4, 3), 'adan': (6, 5), 'adam': (4, 3), 'nadam': (4, 3),
     'sgd_momentum': (3, 2), 'nag': (3, 2), 'copy': (1, 1),
 }
 
+# PyTorch's side: a process that times its cases on request (one JSON line in: case and
+# number of steps; one line out: the seconds of each step), so that its turns interleave
+# with MXNet's.
 TORCH_SCRIPT = r'''
-import json, statistics, sys, time
+import json, sys, time
 import torch
-shapes, repeats, warmup = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+shapes = json.loads(sys.argv[1])
 torch.manual_seed(0)
-def bench(make):
+threads = torch.get_num_threads()
+makers = {
+    'torch Adam (fused)': (lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), threads),
+    'torch NAdam (foreach)': (lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=True), threads),
+    'torch NAdam (for-loop)': (lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=False), threads),
+    # on a busy machine one thread can beat a team that waits for its slowest
+    'torch Adam (fused, 1 thread)': (lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), 1),
+}
+optimizers = {}
+for name, (make, _) in makers.items():
     params = [torch.randn(s) for s in shapes]
     for p in params:
-        p.grad = torch.randn(p.shape)
-    opt = make(params)
-    times = []
-    for i in range(warmup + repeats):
+        p.grad = torch.randn(p.shape) * 0.01
+    optimizers[name] = make(params)
+print(json.dumps({'torch_version': torch.__version__, 'threads': threads,
+                  'cases': list(makers)}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    torch.set_num_threads(makers[request['case']][1])
+    opt, times = optimizers[request['case']], []
+    for _ in range(request['steps']):
         start = time.perf_counter()
         opt.step()
-        elapsed = time.perf_counter() - start
-        if i >= warmup:
-            times.append(elapsed)
-    return statistics.median(times) * 1e3
-out = {'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
-out['torch Adam (fused)'] = bench(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))
-out['torch NAdam (foreach)'] = bench(lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=True))
-out['torch NAdam (for-loop)'] = bench(lambda p: torch.optim.NAdam(p, lr=1e-3, foreach=False))
-threads = torch.get_num_threads()
-torch.set_num_threads(1)  # on a busy machine one thread can beat a team that waits for its slowest
-out['torch Adam (fused, 1 thread)'] = bench(lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))
-torch.set_num_threads(threads)
-print(json.dumps(out))
+        times.append(time.perf_counter() - start)
+    print(json.dumps(times), flush=True)
 '''
 
 
-def median_ms(step, repeats, warmup):
-    """Median wall time in ms of ``step()`` followed by ``mx.nd.waitall()``."""
+class TorchPeer:
+    """PyTorch's cases in a subprocess, timed a turn at a time (``steps``)."""
+
+    def __init__(self, shapes):
+        self.process = subprocess.Popen(
+            [sys.executable, '-c', TORCH_SCRIPT, json.dumps([list(s) for s in shapes])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True)
+        self.info = self._reply()
+        self.cases = self.info.pop('cases')
+
+    def _reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            error = self.process.stderr.read().strip().splitlines()
+            raise RuntimeError(error[-1] if error else 'the PyTorch process ended')
+        return json.loads(line)
+
+    def steps(self, case, count):
+        """Seconds of each of ``count`` steps of ``case``."""
+        self.process.stdin.write(json.dumps({'case': case, 'steps': count}) + '\n')
+        self.process.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def mxnet_steps(step, count, queue=1):
+    """Seconds per step of ``count`` timings of ``step``: each from ``mx.nd.waitall()`` to
+    ``mx.nd.waitall()`` around ``queue`` calls of ``step`` (divided by ``queue``)."""
     import mxnet as mx
     times = []
-    for i in range(warmup + repeats):
+    for _ in range(count):
         mx.nd.waitall()
         start = time.perf_counter()
-        step()
+        for _ in range(queue):
+            step()
         mx.nd.waitall()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        times.append((time.perf_counter() - start) / queue)
+    return times
 
 
 def resnet50_shapes():
@@ -125,6 +173,20 @@ class Problem:
                                                     for w, t in zip(self.weights, targets)]
         return steps
 
+    def floor_steps(self):
+        """Writes -> a step of ``mxnag_stream`` that reads one array and reads and writes
+        ``writes`` more, each of the problem's total size; {} without the fused library."""
+        import mxnet as mx
+        from .kernels import fused_cpu
+        if not fused_cpu.available():
+            return {}
+        source = mx.nd.random.normal(shape=(self.size,)) * 1e-3
+        steps = {}
+        for writes in sorted({w for _, w in BYTES_MOVED.values() if w > 1}):
+            targets = [mx.nd.zeros((self.size,)) for _ in range(writes)]
+            steps[writes] = lambda targets=targets: fused_cpu.stream(source, targets)
+        return steps
+
 
 def _prod(shape):
     n = 1
@@ -133,8 +195,9 @@ def _prod(shape):
     return n
 
 
-def mxnet_cases(problem):
-    """Name -> (algorithm for the floor, step function), measured in this process."""
+def mxnet_cases(problem, queue):
+    """Name -> (algorithm for the floor, step function, steps queued per timing),
+    measured in this process."""
     import mxnet as mx
     import mxnag  # noqa: F401  (registers the optimizers)
     from .kernels import fused_cpu
@@ -159,6 +222,13 @@ def mxnet_cases(problem):
         mx.optimizer.create('sgd', learning_rate=1e-3, momentum=0.9)))
     for name, step in problem.copy_steps().items():
         cases[name] = ('copy', step)
+    cases = {name: (algorithm, step, 1) for name, (algorithm, step) in cases.items()}
+    if queue > 1:
+        for name in ('mxnag adanag (fused)', 'MXNet adam_update', 'MXNet sgd momentum (aggregated)',
+                     'copy (MXNet copyto)', 'copy (mxnag threads)'):
+            if name in cases:
+                algorithm, step, _ = cases[name]
+                cases['%s, %d queued' % (name, queue)] = (algorithm, step, queue)
     return cases
 
 
@@ -180,58 +250,78 @@ def _composed(problem, name):
     return step
 
 
-def torch_cases(shapes, repeats, warmup):
-    """PyTorch's numbers for the same shapes, from a subprocess; {} without PyTorch."""
-    try:
-        done = subprocess.run(
-            [sys.executable, '-c', TORCH_SCRIPT, json.dumps([list(s) for s in shapes]),
-             str(repeats), str(warmup)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            universal_newlines=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return {'error': str(err)}
-    if done.returncode != 0:
-        return {'error': done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+# The name of the floor rows, by arrays read and written.
+FLOOR = 'floor: read %d, write %d arrays (mxnag_stream, queued)'
+# A case whose step takes longer than this gets fewer steps per round (at least one).
+ROUND_SECONDS = 0.25
 
 
-def run_problem(label, shapes, repeats, warmup, with_torch):
-    """Measure every case on ``shapes``; return rows with ratios and floors."""
+def run_problem(label, shapes, rounds, repeats, warmup, with_torch, queue):
+    """Measure every case on ``shapes`` in turns; return rows with ratios and floors."""
     problem = Problem(shapes)
-    rows = {}
-    for name, (algorithm, step) in mxnet_cases(problem).items():
-        rows[name] = {'algorithm': algorithm, 'ms': median_ms(step, repeats, warmup)}
+    timers = {}  # name -> (kind, (arrays read, arrays written), steps(count) -> seconds)
+    for name, (algorithm, step, queued) in mxnet_cases(problem, queue).items():
+        timers[name] = ('copy' if algorithm == 'copy' else 'update', BYTES_MOVED[algorithm],
+                        lambda count, step=step, queued=queued: mxnet_steps(step, count, queued))
+    for writes, step in problem.floor_steps().items():
+        timers[FLOOR % (writes + 1, writes)] = (
+            'floor', (writes + 1, writes),
+            lambda count, step=step: mxnet_steps(step, count, max(queue, 1)))
+    peer, extra = None, {'skipped': True}
     if with_torch:
-        torch = torch_cases(shapes, repeats, warmup)
-        for name, ms in torch.items():
-            if name.startswith('torch ') and isinstance(ms, float):
-                rows[name] = {'algorithm': 'nadam' if 'NAdam' in name else 'adam', 'ms': ms}
-        extra = {k: v for k, v in torch.items() if not k.startswith('torch ')}
-    else:
-        extra = {'skipped': True}
-    copy_ms = min(r['ms'] for r in rows.values() if r['algorithm'] == 'copy')
+        try:
+            peer = TorchPeer(shapes)
+        except (OSError, RuntimeError, ValueError) as err:
+            extra = {'error': str(err)}
+        else:
+            extra = peer.info
+            for name in peer.cases:
+                timers[name] = ('update', BYTES_MOVED['nadam' if 'NAdam' in name else 'adam'],
+                                lambda count, name=name: peer.steps(name, count))
+    try:
+        per_round = {}
+        for name, (_, _, steps) in timers.items():  # warm up, and size each case's turns
+            seconds = steps(max(1, warmup))[-1]
+            per_round[name] = max(1, min(repeats, int(ROUND_SECONDS / max(seconds, 1e-9))))
+        samples = {name: [] for name in timers}
+        for _ in range(rounds):
+            for name, (_, _, steps) in timers.items():
+                samples[name] += steps(per_round[name])
+    finally:
+        if peer is not None:
+            peer.close()
     bytes_per_array = 4 * problem.size
-    bandwidth = 2 * bytes_per_array / (copy_ms * 1e-3)
+    rows = {}
+    for name, times in samples.items():
+        kind, (reads, writes), _ = timers[name]
+        ms = statistics.median(times) * 1e3
+        rows[name] = {'kind': kind, 'reads': reads, 'writes': writes, 'ms': ms, 'steps_timed': len(times),
+                      'GBps': (reads + writes) * bytes_per_array / (ms * 1e-3) / 1e9}
     reference = rows.get('mxnag adanag (fused)', {}).get('ms')
     for row in rows.values():
-        reads, writes = BYTES_MOVED[row['algorithm']]
-        row['floor_ms'] = (reads + writes) * bytes_per_array / bandwidth * 1e3
-        row['x_floor'] = row['ms'] / row['floor_ms']
+        floor = rows.get(FLOOR % (row['reads'], row['writes'])) if row['kind'] == 'update' else None
+        row['floor_ms'] = floor['ms'] if floor else None
+        row['x_floor'] = row['ms'] / floor['ms'] if floor else None
         row['x_adanag'] = row['ms'] / reference if reference else None
-    return {'label': label, 'tensors': len(shapes), 'elements': problem.size,
-            'copy_bandwidth_GBps': bandwidth / 1e9, 'torch': extra, 'rows': rows}
+    return {'label': label, 'tensors': len(shapes), 'elements': problem.size, 'rounds': rounds,
+            'torch': extra, 'rows': rows}
 
 
 def format_table(result):
     """A markdown table of one problem's rows."""
-    lines = ['%s: %d tensor(s), %d float32 elements; copy bandwidth %.1f GB/s'
-             % (result['label'], result['tensors'], result['elements'], result['copy_bandwidth_GBps']),
+    def number(value):
+        return '-' if value is None else '%.2f' % value
+    lines = ['%s: %d tensor(s), %d float32 elements'
+             % (result['label'], result['tensors'], result['elements']),
              '',
-             '| step | median ms | x adanag (fused) | floor ms | x floor |',
-             '|---|---:|---:|---:|---:|']
+             '| step | median ms | x adanag (fused) | GB/s | floor ms | x floor | steps timed |',
+             '|---|---:|---:|---:|---:|---:|---:|']
     for name, row in result['rows'].items():
-        ratio = '%.2f' % row['x_adanag'] if row['x_adanag'] else '-'
-        lines.append('| %s | %.2f | %s | %.2f | %.2f |'
-                     % (name, row['ms'], ratio, row['floor_ms'], row['x_floor']))
+        lines.append('| %s | %.2f | %s | %.1f | %s | %s | %d |'
+                     % (name, row['ms'], number(row['x_adanag']), row['GBps'], number(row['floor_ms']),
+                        number(row['x_floor']), row['steps_timed']))
+    if result['torch'].get('error'):
+        lines += ['', 'PyTorch: %s' % result['torch']['error']]
     return '\n'.join(lines)
 
 
@@ -241,20 +331,36 @@ def targets(results):
     single = results.get('single', {}).get('rows', {})
     fused = single.get('mxnag adanag (fused)')
     if fused:
-        out['adanag 10M within 1.5x of its floor'] = fused['x_floor'] <= 1.5
+        out['adanag 10M within 1.5x of its floor'] = (
+            fused['x_floor'] <= 1.5 if fused['x_floor'] is not None else None)
         adam = single.get('MXNet adam_update')
         out['adanag 10M >= 4x faster than adam_update'] = adam['ms'] / fused['ms'] >= 4.0
         torch = [row['ms'] for name, row in single.items() if name.startswith('torch Adam (fused')]
         # against the faster of its default thread count and one thread
-        out['adanag 10M faster than torch fused Adam'] = (fused['ms'] < min(torch)) if torch else None
+        out['adanag 10M faster than torch fused Adam (one step alone)'] = (
+            fused['ms'] < min(torch) if torch else None)
+        queued = _queued(single, 'mxnag adanag (fused)')
+        if queued:
+            out['adanag 10M faster than torch fused Adam (steps queued)'] = (
+                queued['ms'] < min(torch) if torch else None)
     resnet = results.get('resnet50', {}).get('rows', {})
     if 'mxnag adanag (fused)' in resnet:
-        out['resnet50 adanag no slower than sgd momentum'] = (
-            resnet['mxnag adanag (fused)']['ms'] <= resnet['MXNet sgd momentum (aggregated)']['ms'])
+        sgd = 'MXNet sgd momentum (aggregated)'
+        out['resnet50 adanag no slower than sgd momentum (one step alone)'] = (
+            resnet['mxnag adanag (fused)']['ms'] <= resnet[sgd]['ms'])
+        if _queued(resnet, 'mxnag adanag (fused)') and _queued(resnet, sgd):
+            out['resnet50 adanag no slower than sgd momentum (steps queued)'] = (
+                _queued(resnet, 'mxnag adanag (fused)')['ms'] <= _queued(resnet, sgd)['ms'])
     epoch = results.get('epoch', {}).get('rows', {})
     if epoch:
         out['lenet epoch with adanag within 3% of sgd'] = epoch['adanag']['x_first'] <= 1.03
     return out
+
+
+def _queued(rows, name):
+    """The row of ``name`` timed with steps queued, or None."""
+    return next((row for key, row in rows.items() if key.startswith(name + ', ')
+                 and key.endswith(' queued')), None)
 
 
 CUPY_KERNELS = ('adanag', 'adan')
@@ -300,14 +406,19 @@ def cupy_cases(size, repeats, warmup):
         grid, block = cuda.launch_shape(size)
         rows['CUDA %s (cupy)' % algorithm] = {
             'algorithm': algorithm, 'ms': timed(lambda: kernel(grid[:1], block[:1], args))}
+    # a device copy writes without reading the destination: 2 arrays moved, the floor's rate
     copy_bandwidth = 2 * 4 * size / (rows['copy (cupy)']['ms'] * 1e-3)
+    reference = rows.get('CUDA adanag (cupy)', {}).get('ms')
     for row in rows.values():
-        reads, writes = BYTES_MOVED[row['algorithm']]
-        row['floor_ms'] = (reads + writes) * 4 * size / copy_bandwidth * 1e3
-        row['x_floor'] = row['ms'] / row['floor_ms']
-        row['GBps'] = (reads + writes) * 4 * size / (row['ms'] * 1e-3) / 1e9
-        row['x_adanag'] = row['ms'] / rows['CUDA adanag (cupy)']['ms'] if 'CUDA adanag (cupy)' in rows else None
-    return {'label': 'GPU (%s)' % cupy.cuda.runtime.getDeviceProperties(0)['name'].decode(),
+        reads, writes = BYTES_MOVED[row.pop('algorithm')]
+        moved = (reads + writes) * 4 * size
+        floor_ms = moved / copy_bandwidth * 1e3
+        row.update(kind='copy' if row is rows['copy (cupy)'] else 'update', reads=reads,
+                   writes=writes, GBps=moved / (row['ms'] * 1e-3) / 1e9, steps_timed=repeats,
+                   floor_ms=floor_ms, x_floor=row['ms'] / floor_ms,
+                   x_adanag=row['ms'] / reference if reference else None)
+    return {'label': 'GPU (%s), floors at the copy bandwidth, %.0f GB/s' % (
+                cupy.cuda.runtime.getDeviceProperties(0)['name'].decode(), copy_bandwidth / 1e9),
             'tensors': 1, 'elements': size, 'copy_bandwidth_GBps': copy_bandwidth / 1e9,
             'torch': {}, 'rows': rows}
 
@@ -355,8 +466,12 @@ def epoch_seconds(model, optimizers, data_dir, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m mxnag.bench', description=__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, default=10_000_000, help='elements of the single tensor')
-    parser.add_argument('--repeats', type=int, default=20, help='timed steps per case (median)')
+    parser.add_argument('--rounds', type=int, default=5, help='turns of every case')
+    parser.add_argument('--repeats', type=int, default=10,
+                        help='timed steps per case and round, at most (the median is over all)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
+    parser.add_argument('--queue', type=int, default=5,
+                        help='steps issued before one waitall in the "queued" rows (1: none)')
     parser.add_argument('--json', help='write the results here')
     for flag, what in (('resnet', 'the 161 ResNet-50 parameter shapes'),
                        ('torch', 'PyTorch (in a subprocess) when it is installed'),
@@ -369,11 +484,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = {'command': 'python -m mxnag.bench ' + ' '.join(argv if argv is not None else sys.argv[1:]),
                'machine': machine()}
-    results['single'] = run_problem('one tensor', [(args.size,)], args.repeats, args.warmup, args.torch)
+    results['single'] = run_problem('one tensor', [(args.size,)], args.rounds, args.repeats,
+                                    args.warmup, args.torch, args.queue)
     print(format_table(results['single']), end='\n\n', flush=True)
     if args.resnet:
-        results['resnet50'] = run_problem('ResNet-50 (resnet50_v1b)', resnet50_shapes(),
-                                          args.repeats, args.warmup, args.torch)
+        results['resnet50'] = run_problem('ResNet-50 (resnet50_v1b)', resnet50_shapes(), args.rounds,
+                                          args.repeats, args.warmup, args.torch, args.queue)
         print(format_table(results['resnet50']), end='\n\n')
     if args.cuda:
         gpu = cupy_cases(args.size, args.repeats, args.warmup)
@@ -391,7 +507,7 @@ def main(argv=None):
     results['machine']['load_average_after'] = os.getloadavg()
     results['targets'] = targets(results)
     for name, met in results['targets'].items():
-        print('%-50s %s' % (name, {True: 'met', False: 'NOT met', None: 'not measured'}[met]))
+        print('%-62s %s' % (name, {True: 'met', False: 'NOT met', None: 'not measured'}[met]))
     print('load average before %s, after %s' % (
         ' '.join('%.2f' % x for x in results['machine']['load_average']),
         ' '.join('%.2f' % x for x in results['machine']['load_average_after'])))

@@ -4,6 +4,7 @@ fallback, the CUDA source (nvcc, CuPy), NaN propagation, and the build cache.
 
 Bounds are those of test_optim.py (displacement relative error over 30 steps).
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -560,15 +561,53 @@ def test_threading_modes_agree_with_composed(env):
     assert float(done.stdout.split()[-1]) < 1e-5
 
 
+@pytest.mark.parametrize('count', [1, 3, 5])
+def test_stream_floor_operator(count, rng, fused):
+    """The benchmark's floor: every target += source, in one pass, in place."""
+    source = rng.standard_normal(100003).astype(np.float32)
+    starts = [rng.standard_normal(100003).astype(np.float32) for _ in range(count)]
+    targets = [mx.nd.array(t) for t in starts]
+    fused.stream(mx.nd.array(source), targets)
+    for target, start in zip(targets, starts):
+        assert np.array_equal(target.asnumpy(), start + source)
+
+
+def test_stream_floor_operator_refuses_what_it_cannot_do(fused):
+    with pytest.raises(mx.base.MXNetError, match='at most 5 targets'):
+        fused.stream(mx.nd.ones((8,)), [mx.nd.ones((8,)) for _ in range(6)])
+        mx.nd.waitall()
+    with pytest.raises(mx.base.MXNetError, match='takes float32 arrays, input 1 is float64'):
+        fused.stream(mx.nd.ones((8,), dtype='float64'), [mx.nd.ones((8,))])
+    with pytest.raises(mx.base.MXNetError, match="input 2 of mxnag_stream does not have input 0's shape"):
+        fused.stream(mx.nd.ones((8,)), [mx.nd.ones((8,)), mx.nd.ones((9,))])
+
+
 def test_bench_runs_small(tmp_path, capsys):
     """The benchmark script end to end on a small tensor (no timing is asserted)."""
     from mxnag import bench
     out = tmp_path / 'bench.json'
-    assert bench.main(['--size', '100000', '--repeats', '1', '--warmup', '0', '--no-resnet',
+    assert bench.main(['--size', '100000', '--rounds', '1', '--repeats', '1', '--warmup', '0', '--no-resnet',
                        '--no-torch', '--no-cuda', '--json', str(out)]) == 0
     result = json.loads(out.read_text())
     rows = result['single']['rows']
     assert {'MXNet adam_update', 'MXNet sgd momentum (aggregated)', 'copy (MXNet copyto)'} <= set(rows)
     if HAS_COMPILER:
-        assert rows['mxnag adanag (fused)']['x_adanag'] == 1.0
+        fused = rows['mxnag adanag (fused)']
+        assert fused['x_adanag'] == 1.0 and fused['steps_timed'] == 1
+        floor = rows['floor: read 4, write 3 arrays (mxnag_stream, queued)']
+        assert fused['floor_ms'] == floor['ms'] and fused['x_floor'] == fused['ms'] / floor['ms']
+        assert 'mxnag adanag (fused), 5 queued' in rows
     assert '| step | median ms |' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='PyTorch not installed')
+def test_bench_takes_turns_with_torch(tmp_path):
+    """PyTorch's cases run in a subprocess that answers turn by turn (2 rounds here)."""
+    from mxnag import bench
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--size', '20000', '--rounds', '2', '--repeats', '2', '--warmup', '1',
+                       '--no-resnet', '--no-cuda', '--json', str(out)]) == 0
+    result = json.loads(out.read_text())['single']
+    assert 'error' not in result['torch'], result['torch']
+    for name in ('torch Adam (fused)', 'torch NAdam (foreach)', 'torch Adam (fused, 1 thread)'):
+        assert result['rows'][name]['steps_timed'] == 4

@@ -36,17 +36,21 @@ _FUSED_DTYPES = (numpy.float32, numpy.float64)
 def backend_for(weight, master=None) -> str:
     """``'fused-cpu'``, ``'cuda'`` or ``'composed'``: the backend that updates ``weight``
     (with float32 ``master`` weight for float16 multi-precision)."""
-    dtype = numpy.dtype(weight.dtype).type
-    if master is not None:
-        fusable = dtype is numpy.float16 and numpy.dtype(master.dtype).type is numpy.float32
+    return _backend(weight.dtype, weight.context.device_type,
+                    None if master is None else master.dtype, fused_cpu.forced_off())
+
+
+def _backend(dtype, device_type, master_dtype, forced_off):
+    """``backend_for`` from what it looks at (MXNet's ``dtype`` is a NumPy scalar type)."""
+    if master_dtype is not None:
+        fusable = dtype is numpy.float16 and master_dtype is numpy.float32
     else:
         fusable = dtype in _FUSED_DTYPES
-    if not fusable or fused_cpu.forced_off():
+    if not fusable or forced_off:
         return 'composed'
-    device = weight.context.device_type
-    if device == 'cpu' and fused_cpu.available():
+    if device_type == 'cpu' and fused_cpu.available():
         return 'fused-cpu'
-    if device == 'gpu' and cuda.available():
+    if device_type == 'gpu' and cuda.available():
         return 'cuda'
     return 'composed'
 
@@ -98,33 +102,44 @@ def multi_adan_update(weights, grads, states, *, masters=None, rescale_grad, cli
 
 
 def _multi_update(algorithm, weights, grads, states, masters, arguments):
-    """Split the group by backend and context, and run each part on its backend."""
+    """Split the group by backend and context, and run each part on its backend. (Runs
+    every step: it asks each weight for its dtype and context once, and a group on one
+    backend and context, the usual case, goes on whole.)"""
     shared_names, tensor_names = _NAMES[algorithm]
     shared = {name: arguments[name] for name in shared_names}
-    per_tensor = {name: list(arguments[name]) for name in tensor_names}
+    per_tensor = {name: arguments[name] for name in tensor_names}
     count = len(weights)
     if not (len(grads) == len(states) == count and all(len(v) == count for v in per_tensor.values())
             and (masters is None or len(masters) == count)):
         raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
                          'coefficient need one entry per weight (%d)' % (algorithm, count))
-    parts = {}
-    for k in range(count):
+    forced_off = fused_cpu.forced_off()
+    places = []
+    for k, weight in enumerate(weights):
         master = masters[k] if masters is not None else None
-        key = (backend_for(weights[k], master), weights[k].context, master is not None)
-        parts.setdefault(key, []).append(k)
+        context = weight.context
+        backend = _backend(weight.dtype, context.device_type,
+                           None if master is None else master.dtype, forced_off)
+        places.append((backend, context, master is not None))
+    if all(place == places[0] for place in places):
+        parts = {places[0]: None}  # None: the whole group
+    else:
+        parts = {}
+        for k, place in enumerate(places):
+            parts.setdefault(place, []).append(k)
     for (backend, _, has_master), members in parts.items():
-        pick = lambda seq: [seq[k] for k in members]  # noqa: E731
-        part_masters = pick(masters) if has_master else None
-        part_coefs = {name: pick(values) for name, values in per_tensor.items()}
-        if backend == 'fused-cpu':
-            fused_cpu.update(algorithm, pick(weights), pick(grads), pick(states), part_masters,
-                             shared, part_coefs)
-        elif backend == 'cuda':
-            cuda.update(algorithm, pick(weights), pick(grads), pick(states), part_masters,
-                        shared, part_coefs)
+        if members is None:
+            pick = list
         else:
-            _composed_update(algorithm, pick(weights), pick(grads), pick(states), part_masters,
-                             shared, part_coefs)
+            pick = lambda seq: [seq[k] for k in members]  # noqa: E731
+        if backend == 'fused-cpu':
+            run = fused_cpu.update
+        elif backend == 'cuda':
+            run = cuda.update
+        else:
+            run = _composed_update
+        run(algorithm, pick(weights), pick(grads), pick(states), pick(masters) if has_master else None,
+            shared, {name: pick(values) for name, values in per_tensor.items()})
 
 
 def _composed_update(algorithm, weights, grads, states, masters, shared, per_tensor):

@@ -23,7 +23,12 @@ ALGORITHMS = {
              ('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon'),
              ('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_scale', 'weight_divisor')),
 }
-OPERATORS = ('mxnag_adanag_update', 'mxnag_adan_update', 'mxnag_copy', 'mxnag_probe')
+# The attribute names of an update call, in order (the values: a Python float's repr
+# round-trips a double, and strtod reads 'inf' and 'nan').
+_KEYS = {name: ['num_weights', 'multi_precision'] + list(shared) + list(per_tensor)
+         for name, (_, _, shared, per_tensor) in ALGORITHMS.items()}
+OPERATORS = ('mxnag_adanag_update', 'mxnag_adan_update', 'mxnag_copy', 'mxnag_stream',
+             'mxnag_probe')
 
 
 class _Library:
@@ -95,11 +100,6 @@ def _load(path):
     return {name: _op_handle(name) for name in OPERATORS}
 
 
-def _number(value) -> str:
-    """A float attribute, exactly (repr round-trips a double; strtod reads 'inf'/'nan')."""
-    return repr(float(value))
-
-
 def invoke(name, inputs, keys, values, out):
     """Call operator ``name`` of the library imperatively (asynchronously, like any
     ``mx.nd`` operator); ``out`` is written in place."""
@@ -122,17 +122,13 @@ def update(algorithm, weights, grads, states, masters, shared, per_tensor):
         inputs.extend(state)
         if masters is not None:
             inputs.append(masters[k])
-    clip = shared['clip_gradient']
-    keys = ['num_weights', 'multi_precision']
     values = [str(len(weights)), '1' if masters is not None else '0']
     for name in shared_names:
-        keys.append(name)
         value = shared[name]
-        values.append(_number(-1.0 if name == 'clip_gradient' and clip is None else value))
+        values.append(repr(-1.0 if value is None else float(value)))  # clip_gradient None: off
     for name in tensor_names:
-        keys.append(name)
-        values.append(','.join(_number(v) for v in per_tensor[name]))
-    invoke(operator, inputs, keys, values, list(weights))
+        values.append(','.join([repr(float(v)) for v in per_tensor[name]]))
+    invoke(operator, inputs, _KEYS[algorithm], values, list(weights))
 
 
 def probe():
@@ -147,5 +143,14 @@ def probe():
 
 
 def copy(src, dst):
-    """``dst[:] = src`` with the operators' threads (the benchmark's bandwidth floor)."""
+    """``dst[:] = src`` with the operators' threads."""
     invoke('mxnag_copy', [src], [], [], [dst])
+
+
+def stream(source, targets):
+    """``t += source`` for every float32 array ``t`` of ``targets`` (1 to 5, the shape of
+    ``source``), in one pass with the operators' threads: the memory traffic of an update
+    that reads ``source`` and reads and writes ``targets``, without its maths (the
+    benchmark's bandwidth floor)."""
+    invoke('mxnag_stream', [targets[0], source] + list(targets[1:]), ['targets'],
+           [str(len(targets))], [targets[0]])

@@ -9,7 +9,10 @@
 // Operators (inputs per parameter, in order; outputs: the weights, passed as out=):
 //   mxnag_adanag_update  weight, grad, mean, var            [, weight32 if multi_precision]
 //   mxnag_adan_update    weight, grad, mean, diff_mean, sq_mean, prev_grad [, weight32]
-//   mxnag_copy           src -> out (the bandwidth floor of the benchmark)
+//   mxnag_copy           src -> out
+//   mxnag_stream         target, source, more targets -> target: every target += source,
+//                        the memory traffic of an update (read all, write the targets) with
+//                        no maths: the benchmark's bandwidth floor
 //   mxnag_probe          any -> int32[3]: omp_get_max_threads() seen inside MXNet's engine,
 //                        the threads these operators use, omp_get_num_procs()
 // States (and the float32 master weight) are declared mutated inputs, so MXNet's engine
@@ -414,7 +417,8 @@ template <typename S> struct AdanagCoefs {
 };
 
 // One AdaNAG step over [0, n) of one parameter (its master weight under multi_precision).
-template <typename S, bool kWdIntoGrad>
+// Without clipping (kClip false) the clip's two comparisons leave the loop.
+template <typename S, bool kWdIntoGrad, bool kClip>
 void adanag_span(const AdanagCoefs<S>& c, int64_t n, const S* __restrict grad,
                  S* __restrict w, S* __restrict mean, S* __restrict var) {
 #pragma omp simd
@@ -422,15 +426,13 @@ void adanag_span(const AdanagCoefs<S>& c, int64_t n, const S* __restrict grad,
     S wi = w[i];
     S g = grad[i] * c.rescale;
     if (kWdIntoGrad) g = g + wi * c.wd_into_grad;
-    g = clip(g, c.clip);
-    wi = wi * c.weight_scale;
+    if (kClip) g = clip(g, c.clip);
     const S m = c.beta1 * mean[i] + c.one_minus_beta1 * g;
     const S v = c.beta2 * var[i] + c.one_minus_beta2 * (g * g);
-    const S denom = std::sqrt(v) * c.var_scale + c.epsilon;
-    wi = wi - (c.grad_coef * g + c.mean_coef * m) / denom;
     mean[i] = m;
     var[i] = v;
-    w[i] = wi;
+    const S denom = std::sqrt(v) * c.var_scale + c.epsilon;
+    w[i] = wi * c.weight_scale - (c.grad_coef * g + c.mean_coef * m) / denom;
   }
 }
 
@@ -577,8 +579,14 @@ bool parse_adanag(const Attrs& attrs, AdanagAttrs* a) {
 template <typename S>
 void adanag_span_of(const AdanagCoefs<S>& c, bool wd_into_grad, int64_t n, const S* g, S* w, S* m,
                     S* v) {
-  if (wd_into_grad) adanag_span<S, true>(c, n, g, w, m, v);
-  else adanag_span<S, false>(c, n, g, w, m, v);
+  const bool clipped = std::isfinite(c.clip);
+  if (wd_into_grad) {
+    if (clipped) adanag_span<S, true, true>(c, n, g, w, m, v);
+    else adanag_span<S, true, false>(c, n, g, w, m, v);
+  } else {
+    if (clipped) adanag_span<S, false, true>(c, n, g, w, m, v);
+    else adanag_span<S, false, false>(c, n, g, w, m, v);
+  }
 }
 
 template <typename S>
@@ -725,6 +733,98 @@ MXReturnValue copy_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<
 }
 
 // ---------------------------------------------------------------------------------------
+// mxnag_stream: an update's memory traffic, as fast as the memory allows. Inputs: the
+// first target, the source, the other targets (like weight, grad, states); all float32 of
+// one shape; the targets after the first are mutated inputs, the first is the output.
+
+MXReturnValue stream_attrs(const Attrs& attrs, int* num_in, int* num_out) {
+  int targets = 0;
+  if (!int_attr(attrs, "targets", 1, &targets)) return MX_FAIL;
+  *num_in = targets + 1;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue stream_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  for (size_t k = 0; k < in->size(); ++k) {
+    if (in->at(k) != kFloat32) {
+      MX_ERROR_MSG << "mxnag: mxnag_stream takes float32 arrays, input " << k << " is "
+                   << dtype_name(in->at(k));
+      return MX_FAIL;
+    }
+  }
+  out->at(0) = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue stream_shape(const Attrs&, Shapes* in, Shapes* out) {
+  for (size_t k = 1; k < in->size(); ++k) {
+    if (in->at(k) != in->at(0)) {
+      MX_ERROR_MSG << "mxnag: input " << k << " of mxnag_stream does not have input 0's shape";
+      return MX_FAIL;
+    }
+  }
+  out->at(0) = in->at(0);
+  return MX_SUCCESS;
+}
+
+MXReturnValue stream_mutated(const Attrs& attrs, std::vector<int>* indices) {
+  int targets = 0;
+  if (!int_attr(attrs, "targets", 1, &targets)) return MX_FAIL;
+  for (int k = 2; k <= targets; ++k) indices->push_back(k);
+  return MX_SUCCESS;
+}
+
+// Up to kMaxStreamTargets targets, unrolled so that each element of each array is read
+// and written once per pass, in the same loop, like the updates.
+const int kMaxStreamTargets = 5;
+
+template <int kTargets>
+void stream_span(const float* __restrict source, float* const* targets, int64_t n) {
+  float* __restrict t0 = targets[0];
+  float* __restrict t1 = kTargets > 1 ? targets[1] : nullptr;
+  float* __restrict t2 = kTargets > 2 ? targets[2] : nullptr;
+  float* __restrict t3 = kTargets > 3 ? targets[3] : nullptr;
+  float* __restrict t4 = kTargets > 4 ? targets[4] : nullptr;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = source[i];
+    t0[i] += s;
+    if (kTargets > 1) t1[i] += s;
+    if (kTargets > 2) t2[i] += s;
+    if (kTargets > 3) t3[i] += s;
+    if (kTargets > 4) t4[i] += s;
+  }
+}
+
+MXReturnValue stream_forward(const Attrs& attrs, std::vector<MXTensor>* in,
+                             std::vector<MXTensor>* out, const OpResource&) {
+  int count = 0;
+  if (!int_attr(attrs, "targets", 1, &count)) return MX_FAIL;
+  if (count > kMaxStreamTargets) {
+    MX_ERROR_MSG << "mxnag: mxnag_stream takes at most " << kMaxStreamTargets << " targets";
+    return MX_FAIL;
+  }
+  const float* source = in->at(1).data<float>();
+  std::vector<float*> targets{out->at(0).data<float>()};
+  for (int k = 2; k <= count; ++k) targets.push_back(in->at(k).data<float>());
+  const int64_t n = in->at(0).size();
+  if (in->at(0).data_ptr != targets[0]) std::memcpy(targets[0], in->at(0).data_ptr, n * sizeof(float));
+  for_each_span({n}, [&](size_t, int64_t begin, int64_t end) {
+    float* shifted[kMaxStreamTargets];
+    for (int k = 0; k < count; ++k) shifted[k] = targets[k] + begin;
+    switch (count) {
+      case 1: stream_span<1>(source + begin, shifted, end - begin); break;
+      case 2: stream_span<2>(source + begin, shifted, end - begin); break;
+      case 3: stream_span<3>(source + begin, shifted, end - begin); break;
+      case 4: stream_span<4>(source + begin, shifted, end - begin); break;
+      default: stream_span<5>(source + begin, shifted, end - begin); break;
+    }
+  });
+  return MX_SUCCESS;
+}
+
+// ---------------------------------------------------------------------------------------
 // mxnag_probe: what OpenMP looks like from inside MXNet's engine
 
 MXReturnValue probe_type(const Attrs&, std::vector<int>*, std::vector<int>* out) {
@@ -767,6 +867,13 @@ REGISTER_OP(mxnag_copy)
     .setInferType(copy_type)
     .setInferShape(copy_shape)
     .setForward(copy_forward, "cpu");
+
+REGISTER_OP(mxnag_stream)
+    .setParseAttrs(stream_attrs)
+    .setInferType(stream_type)
+    .setInferShape(stream_shape)
+    .setMutateInputs(stream_mutated)
+    .setForward(stream_forward, "cpu");
 
 REGISTER_OP(mxnag_probe)
     .setParseAttrs(copy_attrs)
