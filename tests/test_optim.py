@@ -207,6 +207,25 @@ def test_row_sparse_gradient_refused(name):
     np.testing.assert_array_equal(w.asnumpy(), before)
 
 
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_arrays_checked_again_when_a_parameter_comes_with_new_ones(name):
+    """The dense check (and dtype/context look-up) is remembered per pair of arrays: a
+    sparse gradient after dense steps is still refused, and no array enters a pickle."""
+    opt = mx.optimizer.create(name)
+    w = mx.nd.ones((4, 2))
+    state = opt.create_state(0, w)
+    for _ in range(2):
+        opt.update(0, w, mx.nd.ones((4, 2)), state)
+    before = w.asnumpy()
+    grad = mx.nd.sparse.row_sparse_array((np.ones((1, 2), np.float32), [1]), shape=(4, 2))
+    with pytest.raises(TypeError, match='row_sparse gradient'):
+        opt.update(0, w, grad, state)
+    np.testing.assert_array_equal(w.asnumpy(), before)
+    assert len(opt._arrays[0]) <= 8
+    assert '_arrays' not in opt.__getstate__()
+    assert pickle.loads(pickle.dumps(opt))._arrays == {}
+
+
 @pytest.mark.skipif(mx.context.num_gpus() == 0, reason='no GPU (mx.context.num_gpus() == 0)')
 @pytest.mark.parametrize('name', sorted(REFERENCES))
 @pytest.mark.parametrize('dtype', ['float32', 'float16'])

@@ -78,9 +78,9 @@ def adan_update(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_gr
         sq_scale=[sq_scale], weight_scale=[weight_scale], weight_divisor=[weight_divisor])
 
 
-def multi_adanag_update(weights, grads, states, *, masters=None, rescale_grad, clip_gradient,
-                        beta1, beta2, epsilon, wd_into_grad, weight_scale, grad_coef, mean_coef,
-                        var_scale):
+def multi_adanag_update(weights, grads, states, *, masters=None, placement=None, rescale_grad,
+                        clip_gradient, beta1, beta2, epsilon, wd_into_grad, weight_scale,
+                        grad_coef, mean_coef, var_scale):
     """One AdaNAG step for a group of parameters, in place.
 
     ``states[k]`` is ``(mean, var)`` of ``weights[k]``; ``masters`` None, or the float32
@@ -88,39 +88,43 @@ def multi_adanag_update(weights, grads, states, *, masters=None, rescale_grad, c
     and the float16 weight written from it in the same pass). ``rescale_grad``,
     ``clip_gradient`` and the betas are the group's; the other coefficients are sequences,
     one value per parameter. A group on the fused CPU backend is one operator call.
+    ``placement``: None, or each weight's ``(dtype, context)`` when the caller knows them.
     """
-    _multi_update('adanag', weights, grads, states, masters, locals())
+    _multi_update('adanag', weights, grads, states, masters, placement, locals())
 
 
-def multi_adan_update(weights, grads, states, *, masters=None, rescale_grad, clip_gradient,
-                      beta1, beta2, beta3, epsilon, first_step, mean_coef, diff_coef, sq_scale,
-                      weight_scale, weight_divisor):
+def multi_adan_update(weights, grads, states, *, masters=None, placement=None, rescale_grad,
+                      clip_gradient, beta1, beta2, beta3, epsilon, first_step, mean_coef,
+                      diff_coef, sq_scale, weight_scale, weight_divisor):
     """One Adan step for a group of parameters, in place; ``states[k]`` is
     ``(mean, diff_mean, sq_mean, prev_grad)``; otherwise as ``multi_adanag_update``
     (``first_step`` per parameter: its previous gradient is taken to be the current one)."""
-    _multi_update('adan', weights, grads, states, masters, locals())
+    _multi_update('adan', weights, grads, states, masters, placement, locals())
 
 
-def _multi_update(algorithm, weights, grads, states, masters, arguments):
-    """Split the group by backend and context, and run each part on its backend. (Runs
-    every step: it asks each weight for its dtype and context once, and a group on one
-    backend and context, the usual case, goes on whole.)"""
+def _multi_update(algorithm, weights, grads, states, masters, placement, arguments):
+    """Split the group by backend and context, and run each part on its backend (a group
+    on one backend and context, the usual case, goes on whole)."""
     shared_names, tensor_names = _NAMES[algorithm]
     shared = {name: arguments[name] for name in shared_names}
     per_tensor = {name: arguments[name] for name in tensor_names}
     count = len(weights)
-    if not (len(grads) == len(states) == count and all(len(v) == count for v in per_tensor.values())
+    if placement is None:
+        placement = [(weight.dtype, weight.context) for weight in weights]
+    if not (len(grads) == len(states) == len(placement) == count
+            and all(len(v) == count for v in per_tensor.values())
             and (masters is None or len(masters) == count)):
         raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
                          'coefficient need one entry per weight (%d)' % (algorithm, count))
     forced_off = fused_cpu.forced_off()
+    backends = {}  # (dtype, context, master dtype) -> backend, within this call
     places = []
-    for k, weight in enumerate(weights):
-        master = masters[k] if masters is not None else None
-        context = weight.context
-        backend = _backend(weight.dtype, context.device_type,
-                           None if master is None else master.dtype, forced_off)
-        places.append((backend, context, master is not None))
+    for k, (dtype, context) in enumerate(placement):
+        master_dtype = masters[k].dtype if masters is not None and masters[k] is not None else None
+        key = (dtype, context, master_dtype)
+        if key not in backends:
+            backends[key] = _backend(dtype, context.device_type, master_dtype, forced_off)
+        places.append((backends[key], context, master_dtype is not None))
     if all(place == places[0] for place in places):
         parts = {places[0]: None}  # None: the whole group
     else:

@@ -19,6 +19,8 @@ BASE_ARGUMENTS = tuple(
     name for name in inspect.signature(Optimizer.__init__).parameters if name != 'self')
 # Parameters per fused update call by default (MXNAG_AGGREGATE_NUM overrides it).
 DEFAULT_AGGREGATE_NUM = 32
+# Pairs of (weight, gradient) arrays remembered per parameter: one per device it lives on.
+_ARRAYS_PER_INDEX = 8
 
 
 def check_number(owner, name, value, low=None, high=None, low_open=False, high_open=False):
@@ -95,6 +97,7 @@ class MxnagOptimizer(Optimizer):
             raise ValueError('%s: aggregate_num must be an integer >= 0, got %r' % (owner, aggregate_num))
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.aggregate_num = int(aggregate_num)  # MXNet's Updater groups updates when > 0
+        self._arrays = {}  # index -> [(weight, gradient, (dtype, context)), ...]; _placement
 
     # -- states ---------------------------------------------------------------
     def create_state(self, index, weight):
@@ -119,20 +122,44 @@ class MxnagOptimizer(Optimizer):
             indices, weights, grads, states = list(index), list(weight), list(grad), list(state)
         else:
             indices, weights, grads, states = [index], [weight], [grad], [state]
-        for i, w, g in zip(indices, weights, grads):
-            _check_dense(self, i, w, 'weight')
-            _check_dense(self, i, g, 'gradient')
+        placement = [self._placement(i, w, g) for i, w, g in zip(indices, weights, grads)]
         self._update_count(indices)
         masters = None
-        if use_master and any(w.dtype == numpy.float16 for w in weights):
-            masters = [s[0] if w.dtype == numpy.float16 else None for w, s in zip(weights, states)]
-            states = [s[1] if w.dtype == numpy.float16 else s for w, s in zip(weights, states)]
+        if use_master and any(dtype is numpy.float16 for dtype, _ in placement):
+            half = [dtype is numpy.float16 for dtype, _ in placement]
+            masters = [s[0] if h else None for h, s in zip(half, states)]
+            states = [s[1] if h else s for h, s in zip(half, states)]
         lrs, wds = self._get_lrs(indices), self._get_wds(indices)
         per_param = [self._coefficients(self._index_update_count[i], lr, wd)
                      for i, lr, wd in zip(indices, lrs, wds)]
         columns = {name: [c[name] for c in per_param] for name in per_param[0]}
-        self._multi_update(weights, grads, states, masters=masters,
+        self._multi_update(weights, grads, states, masters=masters, placement=placement,
                            **self._shared_coefficients(), **columns)
+
+    def _placement(self, index, weight, grad):
+        """(dtype, context) of parameter ``index``'s weight, once its weight and gradient
+        are known to be dense. Each is a call into MXNet's library, made once per pair
+        of arrays a parameter comes with (a model of 161 parameters asks 644 times a step
+        otherwise): a Trainer passes the same arrays every step, one pair per device."""
+        known = self._arrays.setdefault(index, [])
+        for cached_weight, cached_grad, placement in known:
+            if cached_weight is weight and cached_grad is grad:
+                return placement
+        _check_dense(self, index, weight, 'weight')
+        _check_dense(self, index, grad, 'gradient')
+        placement = (weight.dtype, weight.context)
+        known.insert(0, (weight, grad, placement))
+        del known[_ARRAYS_PER_INDEX:]
+        return placement
+
+    def __getstate__(self):  # the arrays stay out of pickles (save_states, kvstore servers)
+        state = super().__getstate__()
+        state.pop('_arrays', None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._arrays = {}
 
     def _is_first_step(self, t):
         """Whether step ``t`` is this parameter's first on the current device."""
