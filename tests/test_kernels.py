@@ -391,9 +391,9 @@ def test_rtc_launches_on_the_weights_context(monkeypatch):
             kernels_made.append((name, signature))
             return Kernel(name)
 
-    monkeypatch.setattr(cuda._MODULE, 'module', Module())
+    monkeypatch.setattr(cuda._MODULE, 'value', Module())
     monkeypatch.setattr(cuda._MODULE, 'tried', True)
-    monkeypatch.setattr(cuda._MODULE, 'kernels', {})
+    monkeypatch.setattr(cuda, '_KERNELS', {})
     w32, w16 = mx.nd.ones((3, 4)), mx.nd.ones((5,), dtype='float16')
     master = mx.nd.ones((5,))
     states32 = (mx.nd.zeros((3, 4)), mx.nd.zeros((3, 4)))

@@ -10,10 +10,10 @@ of pointers, so the CPU operators' one-call-per-group does not carry over.
 the tests run the same source with the same argument lists through CuPy.
 """
 import os
-import threading
-import warnings
 
 import numpy
+
+from ._once import Once
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'src', 'fused_cuda.cu')
 THREADS_PER_BLOCK = 256
@@ -85,44 +85,27 @@ def launch_shape(size):
     return (blocks, 1, 1), (THREADS_PER_BLOCK, 1, 1)
 
 
-class _Module:
-    """The compiled module and its kernels, made on first use (NVRTC takes seconds)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.module = None
-        self.kernels = {}
-        self.tried = False
-        self.reason = None
+def _compile():
+    from mxnet import rtc  # the CPU build has no CudaModule: that failure means fall back
+    return rtc.CudaModule(source())
 
 
-_MODULE = _Module()
+# The compiled module, made on first use (NVRTC takes seconds), and its kernels.
+_MODULE = Once('fused GPU optimizer kernels', _compile)
+_KERNELS = {}
 
 
 def available() -> bool:
     """Whether ``mx.rtc`` compiled the kernels in this process (tried once; warns once)."""
-    if _MODULE.tried:
-        return _MODULE.module is not None
-    with _MODULE.lock:
-        if not _MODULE.tried:
-            try:
-                from mxnet import rtc
-                _MODULE.module = rtc.CudaModule(source())
-            except Exception as err:  # noqa: BLE001  (CPU build, no NVRTC, compile error)
-                _MODULE.reason = '%s: %s' % (type(err).__name__, err)
-                warnings.warn('mxnag: fused GPU optimizer kernels unavailable, using the slower '
-                              'composed NDArray update (%s)' % _MODULE.reason, RuntimeWarning,
-                              stacklevel=3)
-            _MODULE.tried = True
-    return _MODULE.module is not None
+    return _MODULE.get() is not None
 
 
 def _kernel(algorithm, dtype):
     key = (algorithm, dtype)
-    if key not in _MODULE.kernels:
-        _MODULE.kernels[key] = _MODULE.module.get_kernel(
-            kernel_name(algorithm, dtype), kernel_signature(algorithm, dtype))
-    return _MODULE.kernels[key]
+    if key not in _KERNELS:
+        _KERNELS[key] = _MODULE.value.get_kernel(kernel_name(algorithm, dtype),
+                                                 kernel_signature(algorithm, dtype))
+    return _KERNELS[key]
 
 
 def update(algorithm, weights, grads, states, masters, shared, per_tensor):

@@ -9,10 +9,9 @@ of every operator module that ``mx.library.load`` does.
 """
 import ctypes
 import os
-import threading
-import warnings
 
 from . import build as _build
+from ._once import Once
 
 ALGORITHMS = {
     # name: (operator, number of state arrays, group-wide attributes, per-tensor attributes)
@@ -31,18 +30,13 @@ OPERATORS = ('mxnag_adanag_update', 'mxnag_adan_update', 'mxnag_copy', 'mxnag_st
              'mxnag_probe')
 
 
-class _Library:
-    """What this process knows about the fused library: tried or not, loaded or why not."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.tried = False
-        self.handles = None   # operator name -> MXNet op handle, once loaded
-        self.path = None
-        self.reason = None    # why the fused path is off, once it failed
+def _build_and_load():
+    """(path, operator name -> MXNet op handle) of the built and loaded library."""
+    path = _build.build()['path']
+    return path, _load(path)
 
 
-_LIBRARY = _Library()
+_LIBRARY = Once('fused CPU optimizer kernels', _build_and_load)
 
 
 def forced_off() -> bool:
@@ -53,32 +47,16 @@ def forced_off() -> bool:
 def available() -> bool:
     """Whether the fused operators can run in this process: builds and loads the library
     on the first call; on failure warns once and returns False from then on."""
-    if forced_off():
-        return False
-    if _LIBRARY.tried:
-        return _LIBRARY.handles is not None
-    with _LIBRARY.lock:
-        if not _LIBRARY.tried:
-            try:
-                spec = _build.build()
-                _LIBRARY.handles = _load(spec['path'])
-                _LIBRARY.path = spec['path']
-            except Exception as err:  # noqa: BLE001  (any failure means: fall back)
-                _LIBRARY.reason = '%s: %s' % (type(err).__name__, err)
-                warnings.warn('mxnag: fused CPU optimizer kernels unavailable, using the slower '
-                              'composed NDArray update (%s)' % _LIBRARY.reason, RuntimeWarning,
-                              stacklevel=3)
-            _LIBRARY.tried = True
-    return _LIBRARY.handles is not None
+    return not forced_off() and _LIBRARY.get() is not None
 
 
 def status() -> dict:
     """Whether the fused path is active and, if not, why (for ``python -m mxnag.ops info``)."""
+    path = _LIBRARY.value[0] if _LIBRARY.value is not None else None
     if forced_off():
-        return {'active': False, 'reason': 'MXNAG_FUSED=%s' % os.environ['MXNAG_FUSED'],
-                'path': _LIBRARY.path}
-    return {'active': _LIBRARY.handles is not None, 'reason': _LIBRARY.reason,
-            'path': _LIBRARY.path, 'tried': _LIBRARY.tried}
+        return {'active': False, 'reason': 'MXNAG_FUSED=%s' % os.environ['MXNAG_FUSED'], 'path': path}
+    return {'active': _LIBRARY.value is not None, 'reason': _LIBRARY.reason, 'path': path,
+            'tried': _LIBRARY.tried}
 
 
 def _op_handle(name):
@@ -104,7 +82,7 @@ def invoke(name, inputs, keys, values, out):
     """Call operator ``name`` of the library imperatively (asynchronously, like any
     ``mx.nd`` operator); ``out`` is written in place."""
     from mxnet.ndarray._internal import _imperative_invoke
-    _imperative_invoke(_LIBRARY.handles[name], inputs, keys, values, out, False, True)
+    _imperative_invoke(_LIBRARY.value[1][name], inputs, keys, values, out, False, True)
 
 
 def update(algorithm, weights, grads, states, masters, shared, per_tensor):
