@@ -30,6 +30,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 # Arrays of the parameter's size each update reads + writes (it reads all it writes).
@@ -78,9 +79,10 @@ class TorchPeer:
     """PyTorch's cases in a subprocess, timed a turn at a time (``steps``)."""
 
     def __init__(self, shapes):
+        self.errors = tempfile.TemporaryFile('w+')  # a file: a full pipe would stall PyTorch
         self.process = subprocess.Popen(
             [sys.executable, '-c', TORCH_SCRIPT, json.dumps([list(s) for s in shapes])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors,
             universal_newlines=True)
         self.info = self._reply()
         self.cases = self.info.pop('cases')
@@ -89,7 +91,8 @@ class TorchPeer:
         line = self.process.stdout.readline()
         if not line:
             self.process.wait()
-            error = self.process.stderr.read().strip().splitlines()
+            self.errors.seek(0)
+            error = self.errors.read().strip().splitlines()
             raise RuntimeError(error[-1] if error else 'the PyTorch process ended')
         return json.loads(line)
 
@@ -102,6 +105,7 @@ class TorchPeer:
     def close(self):
         self.process.stdin.close()
         self.process.wait(timeout=60)
+        self.errors.close()
 
 
 def mxnet_steps(step, count, queue=1):

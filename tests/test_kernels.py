@@ -600,6 +600,17 @@ def test_bench_runs_small(tmp_path, capsys):
     assert '| step | median ms |' in capsys.readouterr().out
 
 
+def test_bench_says_why_pytorch_did_not_run(tmp_path, monkeypatch, capsys):
+    """A PyTorch process that fails (here: made to exit) is reported, not fatal."""
+    from mxnag import bench
+    monkeypatch.setattr(bench, 'TORCH_SCRIPT', 'import sys; sys.exit("no PyTorch in this test")')
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--size', '1000', '--rounds', '1', '--repeats', '1', '--warmup', '0',
+                       '--no-resnet', '--no-cuda', '--json', str(out)]) == 0
+    assert json.loads(out.read_text())['single']['torch'] == {'error': 'no PyTorch in this test'}
+    assert 'PyTorch: no PyTorch in this test' in capsys.readouterr().out
+
+
 @pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='PyTorch not installed')
 def test_bench_takes_turns_with_torch(tmp_path):
     """PyTorch's cases run in a subprocess that answers turn by turn (2 rounds here)."""
