@@ -1,5 +1,5 @@
 """Time one optimizer step: mxnag's fused AdaNAG and Adan next to MXNet's own update
-operators, a copy of the same bytes (the bandwidth floor) and PyTorch's Adam/NAdam.
+operators, their memory floor (the same traffic without the maths) and PyTorch's Adam/NAdam.
 
     python -m mxnag.bench [--size N] [--rounds R] [--repeats N] [--json out.json] [--no-resnet] [--no-torch]
 
