@@ -117,21 +117,22 @@ def _multi_update(algorithm, weights, grads, states, masters, placement, argumen
         raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
                          'coefficient need one entry per weight (%d)' % (algorithm, count))
     forced_off = fused_cpu.forced_off()
-    backends = {}  # (dtype, context, master dtype) -> backend, within this call
-    places = []
+    backends = {}  # (dtype, device type id, device id, master dtype) -> backend
+    places = []  # per weight: (backend, device type id, device id, has a master weight)
     for k, (dtype, context) in enumerate(placement):
         master_dtype = masters[k].dtype if masters is not None and masters[k] is not None else None
-        key = (dtype, context, master_dtype)
-        if key not in backends:
-            backends[key] = _backend(dtype, context.device_type, master_dtype, forced_off)
-        places.append((backends[key], context, master_dtype is not None))
+        key = (dtype, context.device_typeid, context.device_id, master_dtype)
+        backend = backends.get(key)
+        if backend is None:
+            backend = backends[key] = _backend(dtype, context.device_type, master_dtype, forced_off)
+        places.append((backend, key[1], key[2], master_dtype is not None))
     if all(place == places[0] for place in places):
         parts = {places[0]: None}  # None: the whole group
     else:
         parts = {}
         for k, place in enumerate(places):
             parts.setdefault(place, []).append(k)
-    for (backend, _, has_master), members in parts.items():
+    for (backend, _, _, has_master), members in parts.items():
         if members is None:
             pick = list
         else:

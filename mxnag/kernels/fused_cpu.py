@@ -104,8 +104,15 @@ def update(algorithm, weights, grads, states, masters, shared, per_tensor):
     for name in shared_names:
         value = shared[name]
         values.append(repr(-1.0 if value is None else float(value)))  # clip_gradient None: off
+    texts = {}  # number -> its text: a group's parameters mostly share their coefficients
     for name in tensor_names:
-        values.append(','.join([repr(float(v)) for v in per_tensor[name]]))
+        column = []
+        for value in per_tensor[name]:
+            text = texts.get(value) if value else None  # (0.0 == -0.0: zeros not shared)
+            if text is None:
+                text = texts[value] = repr(float(value))
+            column.append(text)
+        values.append(','.join(column))
     invoke(operator, inputs, _KEYS[algorithm], values, list(weights))
 
 

@@ -130,8 +130,13 @@ class MxnagOptimizer(Optimizer):
             masters = [s[0] if h else None for h, s in zip(half, states)]
             states = [s[1] if h else s for h, s in zip(half, states)]
         lrs, wds = self._get_lrs(indices), self._get_wds(indices)
-        per_param = [self._coefficients(self._index_update_count[i], lr, wd)
-                     for i, lr, wd in zip(indices, lrs, wds)]
+        known = {}  # (t, lr, wd) -> coefficients: a group's parameters mostly share them
+        per_param = []
+        for i, lr, wd in zip(indices, lrs, wds):
+            key = (self._index_update_count[i], lr, wd)
+            if key not in known:
+                known[key] = self._coefficients(*key)
+            per_param.append(known[key])
         columns = {name: [c[name] for c in per_param] for name in per_param[0]}
         self._multi_update(weights, grads, states, masters=masters, placement=placement,
                            **self._shared_coefficients(), **columns)
