@@ -1,9 +1,11 @@
 """The update backends of mxnag.kernels against the float64 references: the fused CPU
 operators (float32, float16 with master weights, float64), aggregated groups, the composed
-fallback, the CUDA source (nvcc, CuPy), NaN propagation, and the build cache.
+fallback, the CUDA source (nvcc, CuPy, and the optimizers' GPU path with its kernels run
+on the CPU by tests/cuda_host_emulation.cc), NaN propagation, and the build cache.
 
 Bounds are those of test_optim.py (displacement relative error over 30 steps).
 """
+import ctypes
 import importlib.util
 import json
 import os
@@ -124,7 +126,16 @@ SHAPES = [(1,), (7, 3), (5, 1, 3, 3), (300, 250), (64,), (33, 17)]
 def test_aggregated_groups_match_reference(name, dtype, rng, fused, monkeypatch):
     """Six parameters of mixed shapes in groups of 4 (MXNet's Updater splits 4 + 2), with
     per-parameter lr_mult/wd_mult, under an lr schedule, and one parameter that starts late
-    (its own step 1, Adan's first_step, inside a group of parameters past theirs)."""
+    (its own step 1, Adan's first_step, inside a group of parameters past theirs): one
+    operator call per group."""
+    calls = count_calls(monkeypatch)
+    ids_per_step = check_aggregated_groups(name, dtype, rng)
+    assert len(calls) == sum(-(-len(ids) // 4) for ids in ids_per_step)
+
+
+def check_aggregated_groups(name, dtype, rng):
+    """The run of test_aggregated_groups_match_reference, checked against the references;
+    returns the parameter indices updated at each step."""
     late, base_lr = 10, 0.02
     names = {k: 'p%d_weight' % k for k in range(len(SHAPES))}
     scheduler = mx.lr_scheduler.FactorScheduler(step=7, factor=0.5, base_lr=base_lr)
@@ -140,13 +151,12 @@ def test_aggregated_groups_match_reference(name, dtype, rng, fused, monkeypatch)
     if dtype == 'float16':
         problems = [(w0.astype(np.float16), [g.astype(np.float16) for g in gs]) for w0, gs in problems]
     weights = [mx.nd.array(w0, dtype=dtype) for w0, _ in problems]
-    calls = count_calls(monkeypatch)
+    ids_per_step = []
     for step in range(STEPS):
         ids = [k for k in range(len(SHAPES)) if k != 4 or step >= late]
         updater(ids, [mx.nd.array(problems[k][1][step], dtype=dtype) for k in ids],
                 [weights[k] for k in ids])
-    expected_calls = sum(-(-len([k for k in range(6) if k != 4 or s >= late]) // 4) for s in range(STEPS))
-    assert len(calls) == expected_calls
+        ids_per_step.append(ids)
     lrs = [base_lr * 0.5 ** ((s - 1) // 7) for s in range(1, STEPS + 1)]
     for k, (w0, grads) in enumerate(problems):
         key = names[k]
@@ -155,6 +165,9 @@ def test_aggregated_groups_match_reference(name, dtype, rng, fused, monkeypatch)
                                wd=0.1 * wd_mult.get(key, 1.0))
         result = updater.states[k][0] if dtype == 'float16' else weights[k]
         assert relative_error(w0, result.asnumpy(), ref) < FLOAT32_BOUND, key
+        if dtype == 'float16':
+            np.testing.assert_array_equal(weights[k].asnumpy(), result.asnumpy().astype(np.float16))
+    return ids_per_step
 
 
 def test_aggregation_default_and_override(monkeypatch):
@@ -221,16 +234,19 @@ def test_fallback_without_compiler_warns_once_and_is_correct(tmp_path):
 
 @pytest.mark.parametrize('name', sorted(REFERENCES))
 @pytest.mark.parametrize('clip', [None, 1.0])
-def test_nan_and_inf_gradients_propagate(name, clip, fused):
-    """-ffast-math without finite-math-only: a NaN gradient gives a NaN weight (not a
-    silently finite update), an Inf one a non-finite weight; other elements are unharmed."""
+@pytest.mark.parametrize('backend,fixture', [('fused-cpu', 'fused'), ('cuda', 'emulated_gpu_path')])
+def test_nan_and_inf_gradients_propagate(name, clip, backend, fixture, request):
+    """-ffast-math without finite-math-only, and the CUDA kernels (emulated on the CPU):
+    a NaN gradient gives a NaN weight (not a silently finite update), an Inf one a
+    non-finite weight; other elements are unharmed."""
+    request.getfixturevalue(fixture)
     opt = mx.optimizer.create(name, learning_rate=0.01, clip_gradient=clip)
     w = mx.nd.ones((LARGE[0] * LARGE[1],))
     state = opt.create_state(0, w)
     grad = np.full(w.shape, 0.5, np.float32)
     grad[[3, 70000]] = np.nan
     grad[[5]] = np.inf
-    assert kernels.backend_for(w) == 'fused-cpu'
+    assert kernels.backend_for(w) == backend
     opt.update(0, w, mx.nd.array(grad), state)
     result = w.asnumpy()
     assert np.isnan(result[[3, 70000]]).all()
@@ -451,6 +467,149 @@ def test_cuda_kernels_under_cupy_match_reference(name, dtype, rng):
     assert relative_error(w0, cupy.asnumpy(weight), ref) < bound
     if weight16 is not None:
         np.testing.assert_array_equal(cupy.asnumpy(weight16), cupy.asnumpy(weight).astype(np.float16))
+
+
+# The CUDA kernels on the CPU: fused_cuda.cu compiled by the C++ compiler through
+# tests/cuda_host_emulation.cc, which runs a launch's threads one after another. With
+# mx.rtc replaced by a stand-in that launches there, CPU weights take the GPU path of the
+# optimizers whole: coefficients, kernel choice, signatures, argument lists and the
+# kernels' own maths, checked against the float64 references where no GPU is lent.
+
+# signature type -> (NumPy dtype of an array argument, type of a scalar argument, ctypes type)
+_RTC_TYPES = {'float': (np.float32, np.float32, ctypes.c_float),
+              'double': (np.float64, np.float64, ctypes.c_double),
+              '__half': (np.float16, None, None),
+              'int': (None, np.int32, ctypes.c_int),
+              'int64_t': (None, np.int64, ctypes.c_int64)}
+
+
+@pytest.fixture(scope='module')
+def cuda_emulation(tmp_path_factory):
+    """The emulation library, built once for the module."""
+    if not HAS_COMPILER:
+        pytest.skip('no C++ compiler')
+    compiler = shutil.which(os.environ.get('CXX') or 'c++') or shutil.which('g++')
+    library = tmp_path_factory.mktemp('cuda_emulation') / 'fused_cuda_emulated.so'
+    subprocess.run([compiler, '-std=c++17', '-O2', '-shared', '-fPIC', '-I', build.SOURCE_DIR,
+                    os.path.join(ROOT, 'tests', 'cuda_host_emulation.cc'), '-o', str(library)],
+                   check=True)
+    lib = ctypes.CDLL(str(library))
+    lib.mxnag_emulated_kernels.restype = ctypes.c_char_p
+    lib.mxnag_emulate_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                                         ctypes.POINTER(ctypes.c_void_p)]
+    return lib
+
+
+class _EmulatedKernel:
+    """Stands for an ``mx.rtc`` kernel: checks each argument against the signature it was
+    made with (arrays of the declared dtype on the launch's context, scalars of the
+    declared type) and runs the launch in the emulation."""
+
+    def __init__(self, lib, name, signature, launches):
+        self.lib, self.name, self.launches = lib, name, launches
+        self.declared = [part.strip() for part in signature.split(',')]
+
+    def launch(self, args, ctx, grid, block, shared_mem=0):
+        from mxnet.base import _LIB, check_call
+        assert len(args) == len(self.declared), self.name
+        assert 1 <= block[0] <= 1024 and block[1:] == (1, 1) and grid[1:] == (1, 1)
+        mx.nd.waitall()  # the emulation works on the arrays from this thread
+        values = []
+        for arg, declared in zip(args, self.declared):
+            words = declared.replace('*', ' * ').split()
+            array_dtype, scalar_type, c_type = _RTC_TYPES[words[1] if words[0] == 'const' else words[0]]
+            if '*' in words:
+                assert isinstance(arg, mx.nd.NDArray) and arg.context == ctx, (self.name, declared)
+                assert arg.dtype == array_dtype, (self.name, declared, arg.dtype)
+                pointer = ctypes.c_void_p()
+                check_call(_LIB.MXNDArrayGetData(arg.handle, ctypes.byref(pointer)))
+                values.append(pointer)
+            else:
+                assert type(arg) is scalar_type, (self.name, declared, type(arg))
+                values.append(c_type(arg))
+        params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+        assert self.lib.mxnag_emulate_launch(self.name.encode(), grid[0], block[0], params) == 0
+        self.launches.append((self.name, grid[0] * block[0], args[-1]))
+
+
+@pytest.fixture
+def emulated_gpu_path(cuda_emulation, monkeypatch):
+    """CPU weights on the optimizers' GPU path, with mx.rtc's kernels run by the emulation;
+    yields the launches: (kernel, threads, elements)."""
+    launches = []
+
+    class Module:  # stands for mx.rtc.CudaModule(cuda.source())
+        def get_kernel(self, name, signature):
+            return _EmulatedKernel(cuda_emulation, name, signature, launches)
+
+    monkeypatch.setattr(cuda._MODULE, 'value', Module())
+    monkeypatch.setattr(cuda._MODULE, 'tried', True)
+    monkeypatch.setattr(cuda, '_KERNELS', {})
+    original = kernels._backend
+
+    def gpu_for_cpu(dtype, device_type, master_dtype, forced_off):
+        backend = original(dtype, 'gpu' if device_type == 'cpu' else device_type, master_dtype,
+                           forced_off)
+        assert backend == 'cuda'
+        return backend
+    monkeypatch.setattr(kernels, '_backend', gpu_for_cpu)
+    return launches
+
+
+def test_emulation_covers_every_kernel(cuda_emulation):
+    names = cuda_emulation.mxnag_emulated_kernels().decode().strip(',').split(',')
+    assert sorted(names) == sorted(cuda.kernel_name(a, d) for a in ('adanag', 'adan')
+                                   for d in ('float32', 'float64', 'float16'))
+
+
+@pytest.mark.parametrize('name,case', [(n, c) for n in sorted(OPTIONS) for c in range(len(OPTIONS[n]))])
+@pytest.mark.parametrize('max_blocks', [cuda.MAX_BLOCKS, 3])
+def test_cuda_path_emulated_matches_reference(name, case, max_blocks, rng, emulated_gpu_path,
+                                              monkeypatch):
+    """Every option set of test_optim, float32, through the GPU path; with 3 blocks the
+    grid-stride loops cover 98 elements per thread (each must be updated exactly once)."""
+    monkeypatch.setattr(cuda, 'MAX_BLOCKS', max_blocks)
+    kwargs, ref_kwargs = OPTIONS[name][case]
+    w0, grads = random_problem(rng, LARGE)
+    w, _ = run_updater(mx.optimizer.create(name, learning_rate=0.01, **kwargs), w0, grads)
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, **ref_kwargs)
+    assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
+    assert len(emulated_gpu_path) == STEPS
+    kernel, threads, elements = emulated_gpu_path[-1]
+    assert kernel == cuda.kernel_name(name, 'float32') and elements == w0.size
+    assert threads == (min(max_blocks, -(-w0.size // cuda.THREADS_PER_BLOCK))
+                       * cuda.THREADS_PER_BLOCK)
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+@pytest.mark.parametrize('dtype', ['float64', 'float16'])
+def test_cuda_path_emulated_float64_and_float16(name, dtype, rng, emulated_gpu_path):
+    """float64 weights and states; float16 weights with float32 master weights and states,
+    the float16 weight written by the same kernel."""
+    w0, grads = random_problem(rng, (37, 41))
+    if dtype == 'float16':
+        w0, grads = w0.astype(np.float16), [g.astype(np.float16) for g in grads]
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, clip_gradient=2.0,
+                              multi_precision=dtype == 'float16')
+    w, updater = run_updater(opt, w0, grads, dtype=dtype)
+    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02, clip=2.0)
+    if dtype == 'float16':
+        master = updater.states[0][0]
+        assert master.dtype == np.float32
+        assert relative_error(w0, master.asnumpy(), ref) < FLOAT32_BOUND
+        np.testing.assert_array_equal(w.asnumpy(), master.asnumpy().astype(np.float16))
+    else:
+        assert relative_error(w0, w.asnumpy(), ref) < FLOAT64_BOUND
+    assert {kernel for kernel, _, _ in emulated_gpu_path} == {cuda.kernel_name(name, dtype)}
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_cuda_path_emulated_aggregated_groups(name, dtype, rng, emulated_gpu_path):
+    """The groups of test_aggregated_groups_match_reference on the GPU path: one launch
+    per tensor, each with its own coefficients."""
+    ids_per_step = check_aggregated_groups(name, dtype, rng)
+    assert len(emulated_gpu_path) == sum(len(ids) for ids in ids_per_step)
 
 
 # -- build and cache ------------------------------------------------------------------------

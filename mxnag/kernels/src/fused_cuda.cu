@@ -22,6 +22,9 @@ typedef unsigned short mxnag_half_bits;
 
 __device__ __forceinline__ float mxnag_load(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ double mxnag_load(const double* p, long long i) { return p[i]; }
+// tests/cuda_host_emulation.h runs this file on the CPU (no PTX there): it brings exact
+// software conversions in place of these two.
+#ifndef MXNAG_CUDA_HOST_EMULATION
 __device__ __forceinline__ float mxnag_load(const mxnag_half_bits* p, long long i) {
   float value;
   asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(p[i]));
@@ -33,6 +36,7 @@ __device__ __forceinline__ mxnag_half_bits mxnag_round_half(float value) {
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(value));
   return bits;
 }
+#endif
 
 // MXNet's clip: NaN passes through.
 template <typename S>
