@@ -403,13 +403,13 @@ def cupy_cases(size, repeats, warmup):
     for algorithm in CUPY_KERNELS:
         kernel = module.get_function(cuda.kernel_name(algorithm, 'float32'))
         states = [cupy.zeros(size, cupy.float32) for _ in cuda._STATES[algorithm]]
-        coefs = {name: 1e-3 for name in cuda._SCALARS[algorithm] if name not in shared}
+        coefs = {name: 1e-3 for name in cuda._PER_TENSOR[algorithm]}
         coefs.update(wd_into_grad=0.0, weight_scale=1.0, var_scale=1.0, sq_scale=1.0,
                      weight_divisor=1.0, first_step=0)
-        args = tuple(cuda.kernel_arguments(algorithm, src, dst, states, None, size, shared, coefs))
-        grid, block = cuda.launch_shape(size)
+        args = tuple(cuda.kernel_arguments(algorithm, [(src, dst, states, None, size, coefs)], shared))
+        grid, block = cuda.launch_shape([size])
         rows['CUDA %s (cupy)' % algorithm] = {
-            'algorithm': algorithm, 'ms': timed(lambda: kernel(grid[:1], block[:1], args))}
+            'algorithm': algorithm, 'ms': timed(lambda: kernel(grid, block, args))}
     # a device copy writes without reading the destination: 2 arrays moved, the floor's rate
     copy_bandwidth = 2 * 4 * size / (rows['copy (cupy)']['ms'] * 1e-3)
     reference = rows.get('CUDA adanag (cupy)', {}).get('ms')

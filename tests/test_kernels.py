@@ -338,61 +338,93 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     nvcc = shutil.which('nvcc')
     if nvcc is None:
         pytest.skip('nvcc not found')
-    ptx = tmp_path / 'fused.ptx'
-    subprocess.run([nvcc, '--ptx', cuda.SOURCE_PATH, '-o', str(ptx)], check=True)
+    source, ptx = tmp_path / 'fused.cu', tmp_path / 'fused.ptx'
+    source.write_text(cuda.source())
+    subprocess.run([nvcc, '--ptx', str(source), '-o', str(ptx)], check=True)
     entries = [line.split()[2].split('(')[0] for line in ptx.read_text().splitlines()
                if line.startswith('.visible .entry')]
-    assert sorted(entries) == sorted(cuda.kernel_name(a, d) for a in ('adanag', 'adan')
-                                     for d in ('float32', 'float64', 'float16'))
+    assert sorted(entries) == sorted(cuda.kernel_names())
+    assert len(entries) == 2 * 3 * len(cuda.COUNTS)
 
 
 class _FakeArray:
     """Stands for an array in kernel_arguments (only its dtype is read)."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, label=''):
         self.dtype = np.dtype(dtype)
+        self.label = label
 
 
-def test_cuda_arguments_match_signatures():
+SHARED = {'rescale_grad': 0.5, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.99, 'beta3': 0.9,
+          'epsilon': 1e-8}
+
+
+@pytest.mark.parametrize('count', cuda.COUNTS)
+def test_cuda_arguments_match_signatures(count):
     """What mx.rtc is told (the signature) and what it gets (the arguments) agree with
-    each other and with the kernels' parameter lists in the source, in count, order and
-    scalar types."""
+    each other and with the entry points in the source, in count, order, names and types:
+    each tensor's arrays, then the shared scalars, each tensor's scalars, each size."""
     source = cuda.source()
     scalar_types = {'float': np.float32, 'double': np.float64, 'int': np.int32, 'int64_t': np.int64}
     for algorithm in ('adanag', 'adan'):
         for dtype in ('float32', 'float64', 'float16'):
-            name = cuda.kernel_name(algorithm, dtype)
-            signature = [part.strip() for part in cuda.kernel_signature(algorithm, dtype).split(',')]
+            name = cuda.kernel_name(algorithm, dtype, count)
+            signature = [part.strip() for part in cuda.kernel_signature(algorithm, dtype, count).split(',')]
             state_dtype = 'float32' if dtype == 'float16' else dtype
-            args = cuda.kernel_arguments(
-                algorithm, 'grad', _FakeArray(state_dtype), ['state'] * len(cuda._STATES[algorithm]),
-                _FakeArray('float16') if dtype == 'float16' else None, 1000,
-                {'rescale_grad': 1.0, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.99,
-                 'beta3': 0.9, 'epsilon': 1e-8},
-                {k: 1 for k in cuda._SCALARS[algorithm]})
-            assert len(args) == len(signature)
+            per_tensor = cuda._PER_TENSOR[algorithm]
+            tensors = [('grad%d' % k, _FakeArray(state_dtype, 'weight%d' % k),
+                        ['%s%d' % (state, k) for state in cuda._STATES[algorithm]],
+                        _FakeArray('float16', 'weight16%d' % k) if dtype == 'float16' else None,
+                        1000 + k, {n: 10 * k + j + 1 for j, n in enumerate(per_tensor)})
+                       for k in range(count)]
+            args = cuda.kernel_arguments(algorithm, tensors, SHARED)
+            assert len(args) == len(signature), name
+            labels = [getattr(a, 'label', a) for a in args]
+            # arrays: each tensor's, in declaration order, by name
+            pointers = [(label, d.split('*')[-1].strip()) for label, d in zip(labels, signature) if '*' in d]
+            assert [label for label, _ in pointers] == [
+                x for k in range(count) for x in (['grad%d' % k, 'weight%d' % k]
+                                                  + ['%s%d' % (st, k) for st in cuda._STATES[algorithm]]
+                                                  + (['weight16%d' % k] if dtype == 'float16' else []))]
+            assert [declared for _, declared in pointers] == [
+                x + ('_%d' % k if count > 1 else '') for k in range(count)
+                for x in ['grad', 'weight'] + list(cuda._STATES[algorithm])
+                + (['weight16'] if dtype == 'float16' else [])]
+            # scalars: declared types, values where the names say
             for arg, declared in zip(args, signature):
                 words = declared.replace('*', ' * ').split()
-                if '*' not in words:
-                    assert type(arg) is scalar_types[words[0]], (name, declared, type(arg))
-            # the source declares the same parameter names in the same order
-            body = source[source.index('void %s(' % name):]
-            body = body[:body.index('{')]
-            for macro in ('MXNAG_ADANAG_SCALARS', 'MXNAG_ADAN_SCALARS'):
-                if macro in body:
-                    scalar_type = 'double' if dtype == 'float64' else 'float'
-                    defined = source[source.index('#define %s(S)' % macro):]
-                    defined = defined[:defined.index('\n#define')].split(')', 1)[1]
-                    body = body.replace('%s(%s)' % (macro, scalar_type),
-                                        defined.replace('\\', ' ').replace('S ', scalar_type + ' '))
-            names = [p.split()[-1].lstrip('*') for p in body[body.index('(') + 1:body.rindex(')')].split(',')]
-            assert names == [d.split()[-1].lstrip('*') for d in signature], name
+                if '*' in words:
+                    continue
+                assert type(arg) is scalar_types[words[0]], (name, declared, type(arg))
+                param = words[-1]
+                for k in range(count):
+                    suffix = '_%d' % k if count > 1 else ''
+                    for j, n in enumerate(per_tensor):
+                        if param == n + suffix:
+                            expected = bool(10 * k + j + 1) if n == 'first_step' else 10 * k + j + 1
+                            assert arg == expected, (name, param)
+                    if param == 'n' + suffix:
+                        assert arg == 1000 + k
+                if param in SHARED:
+                    assert arg == type(arg)(-1.0 if SHARED[param] is None else SHARED[param]), param
+            # the source's entry point declares the same names in the same order
+            head = source[source.index('void %s(' % name):]
+            head = head[head.index('(') + 1:head.index(') {')]
+            assert [p.split()[-1].lstrip('*') for p in head.split(',')] == \
+                [d.split()[-1].lstrip('*') for d in signature], name
+
+
+def test_group_split_into_launches():
+    assert cuda.split(1) == [1] and cuda.split(7) == [4, 2, 1] and cuda.split(32) == [8] * 4
+    assert cuda.split(13) == [8, 4, 1] and sum(cuda.split(161)) == 161
+    assert cuda.launch_shape([5, 70000, 12]) == ((274, 3, 1), (cuda.THREADS_PER_BLOCK, 1, 1))
+    assert cuda.launch_shape([10 ** 9]) == ((cuda.MAX_BLOCKS, 1, 1), (cuda.THREADS_PER_BLOCK, 1, 1))
 
 
 def test_rtc_launches_on_the_weights_context(monkeypatch):
-    """The mx.rtc path, with mx.rtc replaced by a recorder (no GPU here): one launch per
-    tensor, named kernels with their signatures, on the weight's context, master weights
-    and float16 outputs in place."""
+    """The mx.rtc path, with mx.rtc replaced by a recorder (no GPU here): tensors of one
+    dtype launched together (3 float32: one launch of 2, one of 1), named kernels with
+    their signatures, on the weight's context, master weights and float16 outputs in place."""
     launches, kernels_made = [], []
 
     class Kernel:
@@ -410,23 +442,31 @@ def test_rtc_launches_on_the_weights_context(monkeypatch):
     monkeypatch.setattr(cuda._MODULE, 'value', Module())
     monkeypatch.setattr(cuda._MODULE, 'tried', True)
     monkeypatch.setattr(cuda, '_KERNELS', {})
-    w32, w16 = mx.nd.ones((3, 4)), mx.nd.ones((5,), dtype='float16')
+    w32, w16, wa, wb = (mx.nd.ones((3, 4)), mx.nd.ones((5,), dtype='float16'), mx.nd.ones((700,)),
+                        mx.nd.ones((2,)))
     master = mx.nd.ones((5,))
     states32 = (mx.nd.zeros((3, 4)), mx.nd.zeros((3, 4)))
     states16 = (mx.nd.zeros((5,)), mx.nd.zeros((5,)))
-    cuda.update('adanag', [w32, w16], [w32, w16], [states32, states16], [None, master],
+    states_a, states_b = (mx.nd.zeros((700,)), mx.nd.zeros((700,))), (mx.nd.zeros((2,)), mx.nd.zeros((2,)))
+    cuda.update('adanag', [w32, w16, wa, wb], [w32, w16, wa, wb],
+                [states32, states16, states_a, states_b], [None, master, None, None],
                 {'rescale_grad': 0.5, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.999,
                  'epsilon': 1e-8},
-                {'wd_into_grad': [0.0, 0.1], 'weight_scale': [0.99, 1.0], 'grad_coef': [1e-3, 2e-3],
-                 'mean_coef': [1e-2, 2e-2], 'var_scale': [1.5, 2.5]})
-    assert [name for name, _ in kernels_made] == ['mxnag_adanag_f32', 'mxnag_adanag_f16mp']
-    assert kernels_made[1][1] == cuda.kernel_signature('adanag', 'float16')
-    (name0, args0, ctx0, grid0, _), (name1, args1, _, _, block1) = launches
-    assert args0[1] is w32 and args0[2:4] == list(states32) and args0[-1] == 12
-    assert args1[1] is master and args1[4] is w16 and args1[-1] == 5
-    assert args1[5] == np.float32(0.5) and args1[6] == np.float32(-1.0)  # rescale, clip off
-    assert args1[-2] == np.float32(2.5) and ctx0 == w32.context
-    assert grid0 == (1, 1, 1) and block1 == (cuda.THREADS_PER_BLOCK, 1, 1)
+                {'wd_into_grad': [0.0, 0.1, 0.2, 0.3], 'weight_scale': [0.99, 1.0, 0.98, 0.97],
+                 'grad_coef': [1e-3, 2e-3, 3e-3, 4e-3], 'mean_coef': [1e-2, 2e-2, 3e-2, 4e-2],
+                 'var_scale': [1.5, 2.5, 3.5, 4.5]})
+    assert [name for name, _ in kernels_made] == ['mxnag_adanag_f32_x2', 'mxnag_adanag_f32',
+                                                  'mxnag_adanag_f16mp']
+    assert kernels_made[2][1] == cuda.kernel_signature('adanag', 'float16')
+    (_, args0, ctx0, grid0, _), (_, args1, _, grid1, _), (_, args2, _, _, block2) = launches
+    assert args0[1] is w32 and args0[2:4] == list(states32) and args0[5] is wa
+    assert args0[-2:] == [12, 700] and grid0 == (3, 2, 1)
+    assert args0[-3] == np.float32(3.5) and args0[-8] == np.float32(1.5)  # var_scale of wa, w32
+    assert args1[1] is wb and args1[-1] == 2 and grid1 == (1, 1, 1)
+    assert args2[1] is master and args2[4] is w16 and args2[-1] == 5
+    assert args2[5] == np.float32(0.5) and args2[6] == np.float32(-1.0)  # rescale, clip off
+    assert args2[-2] == np.float32(2.5) and ctx0 == w32.context
+    assert block2 == (cuda.THREADS_PER_BLOCK, 1, 1)
 
 
 def _cupy_or_skip():
@@ -439,34 +479,43 @@ def _cupy_or_skip():
     return cupy
 
 
+# Shapes updated by one launch in the multi-tensor CUDA tests: the largest first and last.
+GROUP_SHAPES = [LARGE, (7, 3), (1,), (300, 251)]
+
+
 @pytest.mark.parametrize('name', sorted(REFERENCES))
 @pytest.mark.parametrize('dtype', ['float32', 'float64', 'float16'])
-def test_cuda_kernels_under_cupy_match_reference(name, dtype, rng):
+@pytest.mark.parametrize('count', [1, 4])
+def test_cuda_kernels_under_cupy_match_reference(name, dtype, count, rng):
     """The CUDA source, run by CuPy with the optimizer's own coefficients and the argument
-    lists mx.rtc gets, against the float64 references."""
+    lists mx.rtc gets (one tensor, or four of different sizes in one launch), against the
+    float64 references."""
     cupy = _cupy_or_skip()
-    module = cupy.RawModule(code=cuda.source())
-    kernel = module.get_function(cuda.kernel_name(name, dtype))
-    w0, grads = random_problem(rng, LARGE)
-    if dtype == 'float16':
-        w0, grads = w0.astype(np.float16), [g.astype(np.float16) for g in grads]
+    kernel = cupy.RawModule(code=cuda.source()).get_function(cuda.kernel_name(name, dtype, count))
     opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, clip_gradient=2.0)
     state_dtype = np.float32 if dtype == 'float16' else dtype
-    weight = cupy.asarray(w0.astype(state_dtype))
-    weight16 = cupy.asarray(w0) if dtype == 'float16' else None
-    states = [cupy.zeros(w0.shape, state_dtype) for _ in opt.state_names]
-    for g in grads:
+    problems, tensors = [], []
+    for shape in GROUP_SHAPES[:count]:
+        w0, grads = random_problem(rng, shape)
+        if dtype == 'float16':
+            w0, grads = w0.astype(np.float16), [g.astype(np.float16) for g in grads]
+        problems.append((w0, grads))
+        tensors.append([None, cupy.asarray(w0.astype(state_dtype)),
+                        [cupy.zeros(w0.shape, state_dtype) for _ in opt.state_names],
+                        cupy.asarray(w0) if dtype == 'float16' else None, w0.size, None])
+    for step in range(STEPS):
         opt._update_count(0)
         coefs = opt._coefficients(opt._index_update_count[0], opt._get_lr(0), opt._get_wd(0))
-        args = cuda.kernel_arguments(name, cupy.asarray(g.astype(dtype)), weight, states, weight16,
-                                     w0.size, opt._shared_coefficients(), coefs)
-        grid, block = cuda.launch_shape(w0.size)
-        kernel(grid, block, tuple(args))
-    ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02, clip=2.0)
+        for tensor, (_, grads) in zip(tensors, problems):
+            tensor[0], tensor[5] = cupy.asarray(grads[step].astype(dtype)), coefs
+        grid, block = cuda.launch_shape([tensor[4] for tensor in tensors])
+        kernel(grid, block, tuple(cuda.kernel_arguments(name, tensors, opt._shared_coefficients())))
     bound = FLOAT64_BOUND if dtype == 'float64' else FLOAT32_BOUND
-    assert relative_error(w0, cupy.asnumpy(weight), ref) < bound
-    if weight16 is not None:
-        np.testing.assert_array_equal(cupy.asnumpy(weight16), cupy.asnumpy(weight).astype(np.float16))
+    for (w0, grads), (_, weight, _, weight16, _, _) in zip(problems, tensors):
+        ref = REFERENCES[name](w0, grads, [0.01] * STEPS, wd=0.02, clip=2.0)
+        assert relative_error(w0, cupy.asnumpy(weight), ref) < bound
+        if weight16 is not None:
+            np.testing.assert_array_equal(cupy.asnumpy(weight16), cupy.asnumpy(weight).astype(np.float16))
 
 
 # The CUDA kernels on the CPU: fused_cuda.cu compiled by the C++ compiler through
@@ -485,17 +534,20 @@ _RTC_TYPES = {'float': (np.float32, np.float32, ctypes.c_float),
 
 @pytest.fixture(scope='module')
 def cuda_emulation(tmp_path_factory):
-    """The emulation library, built once for the module."""
+    """The emulation library, built once for the module from ``cuda.source()``."""
     if not HAS_COMPILER:
         pytest.skip('no C++ compiler')
     compiler = shutil.which(os.environ.get('CXX') or 'c++') or shutil.which('g++')
-    library = tmp_path_factory.mktemp('cuda_emulation') / 'fused_cuda_emulated.so'
-    subprocess.run([compiler, '-std=c++17', '-O2', '-shared', '-fPIC', '-I', build.SOURCE_DIR,
-                    os.path.join(ROOT, 'tests', 'cuda_host_emulation.cc'), '-o', str(library)],
-                   check=True)
+    folder = tmp_path_factory.mktemp('cuda_emulation')
+    (folder / 'fused_cuda_all.cu').write_text(cuda.source())
+    (folder / 'kernels.inc').write_text(''.join('MXNAG_KERNEL(%s)\n' % n for n in cuda.kernel_names()))
+    library = folder / 'fused_cuda_emulated.so'
+    subprocess.run([compiler, '-std=c++17', '-O2', '-shared', '-fPIC', '-I', str(folder),
+                    '-I', build.SOURCE_DIR, os.path.join(ROOT, 'tests', 'cuda_host_emulation.cc'),
+                    '-o', str(library)], check=True)
     lib = ctypes.CDLL(str(library))
     lib.mxnag_emulated_kernels.restype = ctypes.c_char_p
-    lib.mxnag_emulate_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+    lib.mxnag_emulate_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
                                          ctypes.POINTER(ctypes.c_void_p)]
     return lib
 
@@ -512,7 +564,7 @@ class _EmulatedKernel:
     def launch(self, args, ctx, grid, block, shared_mem=0):
         from mxnet.base import _LIB, check_call
         assert len(args) == len(self.declared), self.name
-        assert 1 <= block[0] <= 1024 and block[1:] == (1, 1) and grid[1:] == (1, 1)
+        assert 1 <= block[0] <= 1024 and block[1:] == (1, 1) and grid[2] == 1
         mx.nd.waitall()  # the emulation works on the arrays from this thread
         values = []
         for arg, declared in zip(args, self.declared):
@@ -528,14 +580,15 @@ class _EmulatedKernel:
                 assert type(arg) is scalar_type, (self.name, declared, type(arg))
                 values.append(c_type(arg))
         params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-        assert self.lib.mxnag_emulate_launch(self.name.encode(), grid[0], block[0], params) == 0
-        self.launches.append((self.name, grid[0] * block[0], args[-1]))
+        assert self.lib.mxnag_emulate_launch(self.name.encode(), grid[0], grid[1], block[0],
+                                             params) == 0
+        self.launches.append((self.name, grid, args[len(args) - grid[1]:]))
 
 
 @pytest.fixture
 def emulated_gpu_path(cuda_emulation, monkeypatch):
     """CPU weights on the optimizers' GPU path, with mx.rtc's kernels run by the emulation;
-    yields the launches: (kernel, threads, elements)."""
+    yields the launches: (kernel, grid, sizes of its tensors)."""
     launches = []
 
     class Module:  # stands for mx.rtc.CudaModule(cuda.source())
@@ -558,8 +611,7 @@ def emulated_gpu_path(cuda_emulation, monkeypatch):
 
 def test_emulation_covers_every_kernel(cuda_emulation):
     names = cuda_emulation.mxnag_emulated_kernels().decode().strip(',').split(',')
-    assert sorted(names) == sorted(cuda.kernel_name(a, d) for a in ('adanag', 'adan')
-                                   for d in ('float32', 'float64', 'float16'))
+    assert names == cuda.kernel_names() and len(names) == 2 * 3 * len(cuda.COUNTS)
 
 
 @pytest.mark.parametrize('name,case', [(n, c) for n in sorted(OPTIONS) for c in range(len(OPTIONS[n]))])
@@ -575,10 +627,9 @@ def test_cuda_path_emulated_matches_reference(name, case, max_blocks, rng, emula
     ref = REFERENCES[name](w0, grads, [0.01] * STEPS, **ref_kwargs)
     assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
     assert len(emulated_gpu_path) == STEPS
-    kernel, threads, elements = emulated_gpu_path[-1]
-    assert kernel == cuda.kernel_name(name, 'float32') and elements == w0.size
-    assert threads == (min(max_blocks, -(-w0.size // cuda.THREADS_PER_BLOCK))
-                       * cuda.THREADS_PER_BLOCK)
+    kernel, grid, sizes = emulated_gpu_path[-1]
+    assert kernel == cuda.kernel_name(name, 'float32') and sizes == [w0.size]
+    assert grid == (min(max_blocks, -(-w0.size // cuda.THREADS_PER_BLOCK)), 1, 1)
 
 
 @pytest.mark.parametrize('name', sorted(REFERENCES))
@@ -604,12 +655,34 @@ def test_cuda_path_emulated_float64_and_float16(name, dtype, rng, emulated_gpu_p
 
 
 @pytest.mark.parametrize('name', sorted(REFERENCES))
-@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+@pytest.mark.parametrize('dtype', ['float32', 'float64', 'float16'])
 def test_cuda_path_emulated_aggregated_groups(name, dtype, rng, emulated_gpu_path):
-    """The groups of test_aggregated_groups_match_reference on the GPU path: one launch
-    per tensor, each with its own coefficients."""
+    """The groups of test_aggregated_groups_match_reference on the GPU path (groups of 4,
+    2 and 1 after the late parameter): one launch per group, each tensor with its own
+    coefficients and size."""
     ids_per_step = check_aggregated_groups(name, dtype, rng)
-    assert len(emulated_gpu_path) == sum(len(ids) for ids in ids_per_step)
+    groups = [len(ids[start:start + 4]) for ids in ids_per_step for start in range(0, len(ids), 4)]
+    assert [len(sizes) for _, _, sizes in emulated_gpu_path] == groups
+    suffix = {'float32': 'f32', 'float64': 'f64', 'float16': 'f16mp'}[dtype]
+    assert {kernel for kernel, _, _ in emulated_gpu_path} == {
+        'mxnag_%s_%s%s' % (name, suffix, tail) for tail in ('_x4', '_x2', '')}
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCES))
+def test_cuda_path_emulated_large_group(name, rng, emulated_gpu_path):
+    """13 parameters in one group (the default aggregate_num is 32): launches of 8, 4 and
+    1 tensors, every parameter on its own trajectory."""
+    shapes = [(k + 1, 3) for k in range(12)] + [(40, 50)]
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.05)
+    updater = mx.optimizer.get_updater(opt)
+    problems = [random_problem(rng, shape, steps=10) for shape in shapes]
+    weights = [mx.nd.array(w0) for w0, _ in problems]
+    for step in range(10):
+        updater(list(range(13)), [mx.nd.array(gs[step]) for _, gs in problems], weights)
+    assert [len(sizes) for _, _, sizes in emulated_gpu_path] == [8, 4, 1] * 10
+    for (w0, grads), w in zip(problems, weights):
+        ref = REFERENCES[name](w0, grads, [0.01] * 10, wd=0.05)
+        assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
 
 
 # -- build and cache ------------------------------------------------------------------------

@@ -2,21 +2,23 @@
 // (mx.rtc.CudaModule in mxnet-cu112; CuPy's RawModule in the tests; nvcc --ptx in CI).
 //
 // The maths is the one of mxnag/kernels/composed.py and src/fused_cpu.cc: the host
-// computes every step-dependent coefficient; a kernel reads each element of the gradient,
-// weight and states once and writes the weight and states once (grid-stride loop).
-// Self-contained on purpose: NVRTC gets no include paths, so float16 values travel as raw
-// binary16 bits (the __half of the mx.rtc signatures) converted by PTX cvt instructions,
-// and the kernels are extern "C" (no name mangling, no name expressions needed).
+// computes every step-dependent coefficient; the update of a tensor reads each element of
+// the gradient, weight and states once and writes the weight and states once (grid-stride
+// loop). Self-contained on purpose: NVRTC gets no include paths, so float16 values travel
+// as raw binary16 bits (the __half of the mx.rtc signatures) converted by PTX cvt
+// instructions.
 //
-// Kernels (scalar type S is float, or double for the _f64 kernels):
-//   mxnag_adanag_{f32,f64}(grad, weight, mean, var, <adanag scalars>, n)
-//   mxnag_adanag_f16mp(grad16, weight32, mean, var, weight16, <adanag scalars>, n)
-//   mxnag_adan_{f32,f64}(grad, weight, mean, diff_mean, sq_mean, prev_grad, <adan scalars>, n)
-//   mxnag_adan_f16mp(grad16, weight32, mean, diff_mean, sq_mean, prev_grad, weight16, <adan scalars>, n)
-// adanag scalars: rescale_grad, clip_gradient (< 0: off), beta1, beta2, epsilon,
-//                 wd_into_grad, weight_scale, grad_coef, mean_coef, var_scale
-// adan scalars:   rescale_grad, clip_gradient (< 0: off), beta1, beta2, beta3, epsilon,
-//                 first_step (int), mean_coef, diff_coef, sq_scale, weight_scale, weight_divisor
+// This file holds one device function per algorithm (scalar type S: float, or double for
+// float64 weights; G: the gradient's type, binary16 bits for float16 weights, whose
+// float32 master weight is `weight` and whose float16 copy `weight16` is written in the
+// same pass). The extern "C" __global__ entry points that call them, one per algorithm,
+// dtype and number of tensors per launch (blockIdx.y picks the tensor), are appended by
+// mxnag/kernels/cuda.py (source()), from the table its mx.rtc signatures come from.
+//   adanag scalars: rescale_grad, clip_gradient (< 0: off), beta1, beta2, epsilon,
+//                   wd_into_grad, weight_scale, grad_coef, mean_coef, var_scale
+//   adan scalars:   rescale_grad, clip_gradient (< 0: off), beta1, beta2, beta3, epsilon,
+//                   first_step (int), mean_coef, diff_coef, sq_scale, weight_scale,
+//                   weight_divisor
 
 typedef unsigned short mxnag_half_bits;
 
@@ -100,57 +102,4 @@ __device__ __forceinline__ void mxnag_adan_body(
     weight[i] = w;
     if (kHalfOut) weight16[i] = mxnag_round_half(float(w));
   }
-}
-
-#define MXNAG_ADANAG_SCALARS(S)                                                        \
-  S rescale_grad, S clip_gradient, S beta1, S beta2, S epsilon, S wd_into_grad,       \
-      S weight_scale, S grad_coef, S mean_coef, S var_scale, long long n
-#define MXNAG_ADANAG_ARGS                                                              \
-  rescale_grad, clip_gradient, beta1, beta2, epsilon, wd_into_grad, weight_scale,      \
-      grad_coef, mean_coef, var_scale, n
-
-extern "C" __global__ void mxnag_adanag_f32(const float* grad, float* weight, float* mean,
-                                            float* var, MXNAG_ADANAG_SCALARS(float)) {
-  mxnag_adanag_body<float, float, false>(grad, weight, mean, var, 0, MXNAG_ADANAG_ARGS);
-}
-
-extern "C" __global__ void mxnag_adanag_f64(const double* grad, double* weight, double* mean,
-                                            double* var, MXNAG_ADANAG_SCALARS(double)) {
-  mxnag_adanag_body<double, double, false>(grad, weight, mean, var, 0, MXNAG_ADANAG_ARGS);
-}
-
-extern "C" __global__ void mxnag_adanag_f16mp(const mxnag_half_bits* grad, float* weight,
-                                              float* mean, float* var, mxnag_half_bits* weight16,
-                                              MXNAG_ADANAG_SCALARS(float)) {
-  mxnag_adanag_body<float, mxnag_half_bits, true>(grad, weight, mean, var, weight16,
-                                                  MXNAG_ADANAG_ARGS);
-}
-
-#define MXNAG_ADAN_SCALARS(S)                                                          \
-  S rescale_grad, S clip_gradient, S beta1, S beta2, S beta3, S epsilon, int first_step, \
-      S mean_coef, S diff_coef, S sq_scale, S weight_scale, S weight_divisor, long long n
-#define MXNAG_ADAN_ARGS                                                                \
-  rescale_grad, clip_gradient, beta1, beta2, beta3, epsilon, first_step, mean_coef,    \
-      diff_coef, sq_scale, weight_scale, weight_divisor, n
-
-extern "C" __global__ void mxnag_adan_f32(const float* grad, float* weight, float* mean,
-                                          float* diff_mean, float* sq_mean, float* prev_grad,
-                                          MXNAG_ADAN_SCALARS(float)) {
-  mxnag_adan_body<float, float, false>(grad, weight, mean, diff_mean, sq_mean, prev_grad, 0,
-                                       MXNAG_ADAN_ARGS);
-}
-
-extern "C" __global__ void mxnag_adan_f64(const double* grad, double* weight, double* mean,
-                                          double* diff_mean, double* sq_mean, double* prev_grad,
-                                          MXNAG_ADAN_SCALARS(double)) {
-  mxnag_adan_body<double, double, false>(grad, weight, mean, diff_mean, sq_mean, prev_grad, 0,
-                                         MXNAG_ADAN_ARGS);
-}
-
-extern "C" __global__ void mxnag_adan_f16mp(const mxnag_half_bits* grad, float* weight,
-                                            float* mean, float* diff_mean, float* sq_mean,
-                                            float* prev_grad, mxnag_half_bits* weight16,
-                                            MXNAG_ADAN_SCALARS(float)) {
-  mxnag_adan_body<float, mxnag_half_bits, true>(grad, weight, mean, diff_mean, sq_mean,
-                                                prev_grad, weight16, MXNAG_ADAN_ARGS);
 }
