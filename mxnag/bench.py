@@ -288,9 +288,12 @@ def run_problem(label, shapes, rounds, repeats, warmup, with_torch, queue):
             seconds = steps(max(1, warmup))[-1]
             per_round[name] = max(1, min(repeats, int(ROUND_SECONDS / max(seconds, 1e-9))))
         samples = {name: [] for name in timers}
+        round_ms = {name: [] for name in timers}  # each round's median
         for _ in range(rounds):
             for name, (_, _, steps) in timers.items():
-                samples[name] += steps(per_round[name])
+                times = steps(per_round[name])
+                samples[name] += times
+                round_ms[name].append(statistics.median(times) * 1e3)
     finally:
         if peer is not None:
             peer.close()
@@ -300,7 +303,8 @@ def run_problem(label, shapes, rounds, repeats, warmup, with_torch, queue):
         kind, (reads, writes), _ = timers[name]
         ms = statistics.median(times) * 1e3
         rows[name] = {'kind': kind, 'reads': reads, 'writes': writes, 'ms': ms, 'steps_timed': len(times),
-                      'GBps': (reads + writes) * bytes_per_array / (ms * 1e-3) / 1e9}
+                      'GBps': (reads + writes) * bytes_per_array / (ms * 1e-3) / 1e9,
+                      'round_ms': round_ms[name]}
     reference = rows.get('mxnag adanag (fused)', {}).get('ms')
     for row in rows.values():
         floor = rows.get(FLOOR % (row['reads'], row['writes'])) if row['kind'] == 'update' else None
@@ -327,6 +331,32 @@ def format_table(result):
     if result['torch'].get('error'):
         lines += ['', 'PyTorch: %s' % result['torch']['error']]
     return '\n'.join(lines)
+
+
+def round_ratios(rows, name, peers):
+    """``name``'s time over the fastest of ``peers`` in each round (the cases take turns,
+    so a round's numbers were measured under the same load): a list, or None."""
+    peers = [rows[peer] for peer in peers if peer in rows]
+    if name not in rows or not peers:
+        return None
+    return [mine / min(peer['round_ms'][k] for peer in peers)
+            for k, mine in enumerate(rows[name]['round_ms'])]
+
+
+def versus_torch(results):
+    """adanag on the single tensor against PyTorch's fused Adam (the faster of its two
+    thread counts), round by round: {'one step alone'|'steps queued': summary}."""
+    rows = results.get('single', {}).get('rows', {})
+    torch = [name for name in rows if name.startswith('torch Adam (fused')]
+    out = {}
+    queued = _queued(rows, 'mxnag adanag (fused)')
+    for label, name in (('one step alone', 'mxnag adanag (fused)'),
+                        ('steps queued', next((n for n, r in rows.items() if r is queued), None))):
+        ratios = round_ratios(rows, name, torch) if name else None
+        if ratios:
+            out[label] = {'ratios': ratios, 'median': statistics.median(ratios), 'min': min(ratios),
+                          'max': max(ratios), 'ahead': sum(r < 1 for r in ratios)}
+    return out
 
 
 def targets(results):
@@ -509,6 +539,14 @@ def main(argv=None):
             print('  %-8s %7.2f s  %.3fx sgd' % (name, row['median_s'], row['x_first']))
         print()
     results['machine']['load_average_after'] = os.getloadavg()
+    results['versus_torch'] = versus_torch(results)
+    if results['versus_torch']:
+        print('adanag / torch fused Adam (10M), each round\'s medians:')
+        for label, summary in results['versus_torch'].items():
+            print('  %-15s median %.2f, range %.2f-%.2f, adanag ahead in %d of %d rounds'
+                  % (label, summary['median'], summary['min'], summary['max'], summary['ahead'],
+                     len(summary['ratios'])))
+        print()
     results['targets'] = targets(results)
     for name, met in results['targets'].items():
         print('%-62s %s' % (name, {True: 'met', False: 'NOT met', None: 'not measured'}[met]))

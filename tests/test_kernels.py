@@ -854,3 +854,16 @@ def test_bench_takes_turns_with_torch(tmp_path):
     assert 'error' not in result['torch'], result['torch']
     for name in ('torch Adam (fused)', 'torch NAdam (foreach)', 'torch Adam (fused, 1 thread)'):
         assert result['rows'][name]['steps_timed'] == 4
+    assert len(result['rows']['torch Adam (fused)']['round_ms']) == 2
+    if HAS_COMPILER:
+        summary = json.loads(out.read_text())['versus_torch']['steps queued']
+        assert len(summary['ratios']) == 2 and summary['min'] <= summary['median'] <= summary['max']
+
+
+def test_round_ratios_pair_each_round_with_the_fastest_peer():
+    from mxnag import bench
+    rows = {'a': {'round_ms': [2.0, 3.0, 4.0]}, 'p': {'round_ms': [4.0, 2.0, 4.0]},
+            'q': {'round_ms': [5.0, 3.0, 2.0]}}
+    assert bench.round_ratios(rows, 'a', ['p', 'q', 'missing']) == [0.5, 1.5, 2.0]
+    assert bench.round_ratios(rows, 'a', ['missing']) is None
+    assert bench.round_ratios(rows, 'missing', ['p']) is None
