@@ -347,11 +347,10 @@ def versus_torch(results):
     """adanag on the single tensor against PyTorch's fused Adam (the faster of its two
     thread counts), round by round: {'one step alone'|'steps queued': summary}."""
     rows = results.get('single', {}).get('rows', {})
-    torch = [name for name in rows if name.startswith('torch Adam (fused')]
+    torch = _torch_fused_adam(rows)
     out = {}
-    queued = _queued(rows, 'mxnag adanag (fused)')
     for label, name in (('one step alone', 'mxnag adanag (fused)'),
-                        ('steps queued', next((n for n, r in rows.items() if r is queued), None))):
+                        ('steps queued', _queued_name(rows, 'mxnag adanag (fused)'))):
         ratios = round_ratios(rows, name, torch) if name else None
         if ratios:
             out[label] = {'ratios': ratios, 'median': statistics.median(ratios), 'min': min(ratios),
@@ -369,7 +368,7 @@ def targets(results):
             fused['x_floor'] <= 1.5 if fused['x_floor'] is not None else None)
         adam = single.get('MXNet adam_update')
         out['adanag 10M >= 4x faster than adam_update'] = adam['ms'] / fused['ms'] >= 4.0
-        torch = [row['ms'] for name, row in single.items() if name.startswith('torch Adam (fused')]
+        torch = [single[name]['ms'] for name in _torch_fused_adam(single)]
         # against the faster of its default thread count and one thread
         out['adanag 10M faster than torch fused Adam (one step alone)'] = (
             fused['ms'] < min(torch) if torch else None)
@@ -391,10 +390,20 @@ def targets(results):
     return out
 
 
+def _queued_name(rows, name):
+    """The name of the row of ``name`` timed with steps queued, or None."""
+    return next((key for key in rows if key.startswith(name + ', ') and key.endswith(' queued')), None)
+
+
 def _queued(rows, name):
     """The row of ``name`` timed with steps queued, or None."""
-    return next((row for key, row in rows.items() if key.startswith(name + ', ')
-                 and key.endswith(' queued')), None)
+    key = _queued_name(rows, name)
+    return rows[key] if key else None
+
+
+def _torch_fused_adam(rows):
+    """The names of PyTorch's fused Adam rows (its default thread count and one thread)."""
+    return [name for name in rows if name.startswith('torch Adam (fused')]
 
 
 CUPY_KERNELS = ('adanag', 'adan')
