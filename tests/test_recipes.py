@@ -72,6 +72,21 @@ def test_finetune_with_scratch_comparison(pretrained, mnist_dir_module, tmp_path
     assert changed == (features == 'lr_mult')
 
 
+def test_zoo_model_pretrain_then_finetune(mnist_dir_module, tmp_path):
+    """A GluonCV model with BatchNorm through both recipes on the fused path: each epoch's
+    evaluation leaves its convolution weights in oneDNN's layouts before the next step."""
+    run('mnist_pretrain.py', '--model', 'resnet18_v1', '--classes', '0-1', '--shots', 40,
+        '--epochs', 2, '--batch-size', 20, '--data-dir', mnist_dir_module, '--no-progress',
+        '--out', tmp_path / 'pre.json', '--save', tmp_path / 'resnet.params')
+    run('mnist_finetune.py', '--pretrained', tmp_path / 'resnet.params', '--classes', '2-3',
+        '--shots', 20, '--epochs', 2, '--batch-size', 20, '--data-dir', mnist_dir_module,
+        '--no-progress', '--out', tmp_path / 'ft.json')
+    pre = json.loads((tmp_path / 'pre.json').read_text())
+    tuned = json.loads((tmp_path / 'ft.json').read_text())
+    assert pre['config']['model'] == 'resnet18_v1' and len(pre['history']) == 2
+    assert 0.5 < pre['test_accuracy'] <= 1 and 0 < tuned['test_accuracy'] <= 1
+
+
 def test_resume_equals_uninterrupted_and_skips_a_corrupted_checkpoint(mnist_dir_module, tmp_path):
     args = ['--model', 'mlp', '--shots', 30, '--epochs', 4, '--batch-size', 32, '--optimizer',
             'adan', '--lr-schedule', 'cosine', '--warmup-epochs', 1, '--data-dir', mnist_dir_module,

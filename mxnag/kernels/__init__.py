@@ -31,6 +31,9 @@ ADAN_PER_TENSOR = ('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_s
 _NAMES = {'adanag': (ADANAG_SHARED, ADANAG_PER_TENSOR), 'adan': (ADAN_SHARED, ADAN_PER_TENSOR)}
 _COMPOSED = {'adanag': composed.adanag_update, 'adan': composed.adan_update}
 _FUSED_DTYPES = (numpy.float32, numpy.float64)
+# Host memory, as MXNet names it: a kvstore keeps its copies of the weights (which
+# update_on_kvstore updates) on cpu_pinned, DataLoader workers share cpu_shared arrays.
+_CPU_DEVICE_TYPES = ('cpu', 'cpu_pinned', 'cpu_shared')
 
 
 def backend_for(weight, master=None) -> str:
@@ -48,7 +51,7 @@ def _backend(dtype, device_type, master_dtype, forced_off):
         fusable = dtype in _FUSED_DTYPES
     if not fusable or forced_off:
         return 'composed'
-    if device_type == 'cpu' and fused_cpu.available():
+    if device_type in _CPU_DEVICE_TYPES and fused_cpu.available():
         return 'fused-cpu'
     if device_type == 'gpu' and cuda.available():
         return 'cuda'
@@ -103,8 +106,8 @@ def multi_adan_update(weights, grads, states, *, masters=None, placement=None, r
 
 
 def _multi_update(algorithm, weights, grads, states, masters, placement, arguments):
-    """Split the group by backend and context, and run each part on its backend (a group
-    on one backend and context, the usual case, goes on whole)."""
+    """Split the group by backend, context and dtype, and run each part on its backend (a
+    group on one backend, context and dtype, the usual case, goes on whole)."""
     shared_names, tensor_names = _NAMES[algorithm]
     shared = {name: arguments[name] for name in shared_names}
     per_tensor = {name: arguments[name] for name in tensor_names}
@@ -125,14 +128,15 @@ def _multi_update(algorithm, weights, grads, states, masters, placement, argumen
         backend = backends.get(key)
         if backend is None:
             backend = backends[key] = _backend(dtype, context.device_type, master_dtype, forced_off)
-        places.append((backend, key[1], key[2], master_dtype is not None))
+        # dtype too: an operator call (a CUDA launch) reads its whole group as one type
+        places.append((backend, key[1], key[2], master_dtype is not None, dtype))
     if all(place == places[0] for place in places):
         parts = {places[0]: None}  # None: the whole group
     else:
         parts = {}
         for k, place in enumerate(places):
             parts.setdefault(place, []).append(k)
-    for (backend, _, _, has_master), members in parts.items():
+    for (backend, _, _, has_master, _), members in parts.items():
         if members is None:
             pick = list
         else:

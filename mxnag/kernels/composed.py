@@ -13,7 +13,9 @@ def preprocess_grad(weight, grad, rescale_grad, wd_into_grad, clip_gradient):
     if wd_into_grad:
         g = g + weight * wd_into_grad
     if clip_gradient is not None:
-        g = nd.clip(g, -clip_gradient, clip_gradient)
+        # maximum/minimum, not nd.clip: clip's bounds are float32 attributes, which refuse
+        # 1e300 or 1e-42 (the fused kernels take any normal double); NaN passes either way
+        g = nd.minimum(nd.maximum(g, -clip_gradient), clip_gradient)
     return g
 
 

@@ -10,6 +10,8 @@ of every operator module that ``mx.library.load`` does.
 import ctypes
 import os
 
+import numpy
+
 from . import build as _build
 from ._once import Once
 
@@ -71,11 +73,12 @@ def _load(path):
     through ``mx.library.load``) and return their handles."""
     from mxnet.base import _LIB, MXNetError, c_str, check_call, mx_uint
     try:
-        return {name: _op_handle(name) for name in OPERATORS}
-    except MXNetError:
-        pass  # not registered yet
-    check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
-    return {name: _op_handle(name) for name in OPERATORS}
+        handles = {name: _op_handle(name) for name in OPERATORS}
+    except MXNetError:  # not registered yet
+        check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
+        handles = {name: _op_handle(name) for name in OPERATORS}
+    handles['Reshape'] = ctypes.c_void_p(_op_handle('Reshape'))  # MXNet's, for to_default_layout
+    return handles
 
 
 def invoke(name, inputs, keys, values, out):
@@ -85,14 +88,52 @@ def invoke(name, inputs, keys, values, out):
     _imperative_invoke(_LIBRARY.value[1][name], inputs, keys, values, out, False, True)
 
 
+def to_default_layout(weights):
+    """Leave every float32 weight of ``weights`` that MXNet's oneDNN (MKLDNN) operators
+    may have put in a layout of their own in MXNet's default layout, in place.
+
+    An inference pass through a convolution or dense layer reorders its weight into
+    oneDNN's blocked layout, on the engine, when it runs (so whether a weight is blocked
+    when the update runs is not known when the update is issued). MXNet's own optimizer
+    operators handle that with a temporary copy; an extension operator cannot write to
+    a blocked array at all ("We can't generate TBlob for MKLDNN data"). An in-place
+    ``Reshape`` to the same shape is oneDNN's reorder to the default layout when the
+    array is blocked at that moment, and does nothing to memory when it is not (no copy,
+    one engine operation: about 7 us per weight, issued through MXNet's C call directly).
+    Its write also makes any reorder to a blocked layout that an inference pass queued
+    before it a no-op (MXNet's reorder checks the array's version). Only arrays of 2 or
+    more dimensions have oneDNN layouts (weights of convolutions and dense layers), and
+    only float32 ones on this build."""
+    from mxnet.base import _LIB, NDArrayHandle, check_call
+    handle = _LIBRARY.value[1]['Reshape']
+    one = ctypes.c_int(1)
+    stypes = ctypes.POINTER(ctypes.c_int)()
+    for weight in weights:
+        shape = weight.shape
+        if len(shape) < 2:
+            continue
+        array = (NDArrayHandle * 1)(weight.handle)
+        outputs = ctypes.cast(array, ctypes.POINTER(NDArrayHandle))
+        check_call(_LIB.MXImperativeInvokeEx(
+            handle, one, array, ctypes.byref(ctypes.c_int(1)), ctypes.byref(outputs), one,
+            _SHAPE_KEY, (ctypes.c_char_p * 1)(str(shape).encode()), ctypes.byref(stypes)))
+
+
+_SHAPE_KEY = (ctypes.c_char_p * 1)(b'shape')
+
+
 def update(algorithm, weights, grads, states, masters, shared, per_tensor):
     """One fused step of ``algorithm`` for a group of parameters on one CPU context.
 
     ``states[k]`` is the tuple of state arrays of weight k; ``masters`` is None or, for
     float16 weights, their float32 master weights; ``shared`` maps the group-wide
-    attributes to numbers, ``per_tensor`` the per-tensor ones to sequences.
+    attributes to numbers, ``per_tensor`` the per-tensor ones to sequences. Weights in
+    oneDNN's layouts are accepted (``to_default_layout``); gradients are too (MXNet gives
+    an extension operator a default-layout copy of such an input).
     """
     operator, _, shared_names, tensor_names = ALGORITHMS[algorithm]
+    if masters is None and weights[0].dtype is numpy.float32:  # a group has one dtype
+        to_default_layout(weights)
     inputs = []
     for k, (weight, grad, state) in enumerate(zip(weights, grads, states)):
         inputs.append(weight)

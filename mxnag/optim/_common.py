@@ -9,6 +9,7 @@ at module level.
 import inspect
 import numbers
 import os
+import sys
 
 import numpy
 from mxnet import ndarray as nd
@@ -84,8 +85,8 @@ class MxnagOptimizer(Optimizer):
         kwargs['rescale_grad'] = check_number(
             owner, 'rescale_grad', kwargs.get('rescale_grad', 1.0), 0.0, low_open=True)
         clip = kwargs.get('clip_gradient')
-        if clip is not None:
-            kwargs['clip_gradient'] = check_number(owner, 'clip_gradient', clip, 0.0, low_open=True)
+        if clip is not None:  # a normal double: MXNet's scalar attributes refuse subnormals
+            kwargs['clip_gradient'] = check_number(owner, 'clip_gradient', clip, sys.float_info.min)
         begin = kwargs.get('begin_num_update', 0)
         if isinstance(begin, bool) or not isinstance(begin, numbers.Integral) or begin < 0:
             raise ValueError('%s: begin_num_update must be an integer >= 0, got %r' % (owner, begin))

@@ -185,14 +185,21 @@ class HelperPool {
   int started_ = 0;
 };
 
+// Set in a child process made by fork(): libgomp's thread team does not survive fork (a
+// parallel region in the child waits forever for the parent's threads), so a forked child
+// (gluon's DataLoader workers, for one) uses the helper pool, which starts anew there.
+std::atomic<bool> forked_child{false};
+const int fork_handler_installed =
+    pthread_atfork(nullptr, nullptr, [] { forked_child.store(true); });
+
 // MXNAG_THREADING=openmp uses an OpenMP parallel loop instead of the helper pool (same
-// chunks, dynamic schedule), for comparison.
+// chunks, dynamic schedule), for comparison; not in a forked child (see forked_child).
 bool use_openmp() {
   static const bool openmp = [] {
     const char* mode = std::getenv("MXNAG_THREADING");
     return mode != nullptr && std::strcmp(mode, "openmp") == 0;
   }();
-  return openmp;
+  return openmp && !forked_child.load();
 }
 
 // Calls span(k, begin, end) over the concatenation of the tensors of `sizes`, in chunks
@@ -344,6 +351,13 @@ MXReturnValue infer_update_type(const Attrs& attrs, std::vector<int>* in, std::v
   for (int k = 0; k < layout.num_weights; ++k) {
     const int base = k * layout.inputs_per_weight;
     const int weight = in->at(base);
+    // one element type per call: the forward pass reads the whole group as the first
+    // weight's type
+    if (weight != in->at(0)) {
+      MX_ERROR_MSG << "mxnag: weight " << k << " is " << dtype_name(weight) << ", weight 0 "
+                   << dtype_name(in->at(0)) << "; one fused update call takes weights of one dtype";
+      return MX_FAIL;
+    }
     if (layout.multi_precision != (weight == kFloat16) ||
         (weight != kFloat16 && weight != kFloat32 && weight != kFloat64)) {
       MX_ERROR_MSG << "mxnag: weight " << k << " is " << dtype_name(weight) << " with multi_precision="
