@@ -6,7 +6,7 @@ USAGE = '''usage: mxnag COMMAND [ARGS]
 
 commands:
   launch      start a ps-lite cluster for MXNet's distributed kvstore (mxnag launch --help)
-  build-ops   compile the fused CPU optimizer kernels now (python -m mxnag.ops build)
+  build-ops   compile the fused CPU optimizer kernels now (python -m mxnag.kernels.ops build)
   ops         the kernels' build and status commands (mxnag ops --help)
 '''
 
@@ -18,10 +18,10 @@ def main(argv=None):
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == 'launch':
-        from .launch import main as launch
+        from .dist.launch import main as launch
         return launch(rest)
     if command in ('build-ops', 'ops'):
-        from .ops import main as ops
+        from .kernels.ops import main as ops
         return ops(['build'] + rest if command == 'build-ops' else rest)
     sys.stderr.write('mxnag: error: unknown command %r\n%s' % (command, USAGE))
     return 2

@@ -4,9 +4,9 @@ mlp and lenet over several seeds.
 
     python recipes/compare_optimizers.py --data-dir ../shared/data/mnist --out-dir results/
 
-Writes results/compare.json (every run's history), results/compare.md (the table in the
-README) and results/compare.png (test accuracy and training loss per epoch). Each
-optimizer uses its tuned learning rate (mxnag.compare.TUNED_LR); --tune re-derives them:
+Writes results/sweep.json (every run's history), results/sweep.md (the table in the
+README) and results/sweep.png (test accuracy and training loss per epoch). Each
+optimizer uses its tuned learning rate (mxnag.train.sweep.TUNED_LR); --tune re-derives them:
 one epoch per grid value on the first 50k training images, scored on the last 10k.
 """
 import argparse
@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from mxnag import checkpoint, compare, experiment
+from mxnag.train import checkpoint, recipe, sweep
 
 
 def main(argv=None):
@@ -23,9 +23,9 @@ def main(argv=None):
                                      epilog=__doc__.split('\n\n', 1)[1])
     parser.add_argument('--data-dir', help='directory with the MNIST IDX files')
     parser.add_argument('--models', default='mlp,lenet')
-    parser.add_argument('--optimizers', default=','.join(compare.OPTIMIZERS))
-    parser.add_argument('--seeds', type=experiment.positive_int, default=3)
-    parser.add_argument('--epochs', type=experiment.positive_int, default=10)
+    parser.add_argument('--optimizers', default=','.join(sweep.OPTIMIZERS))
+    parser.add_argument('--seeds', type=recipe.positive_int, default=3)
+    parser.add_argument('--epochs', type=recipe.positive_int, default=10)
     parser.add_argument('--out-dir', default='results')
     parser.add_argument('--log', help='JSON-lines metrics log of all runs')
     parser.add_argument('--tune', action='store_true',
@@ -35,15 +35,15 @@ def main(argv=None):
     models = args.models.split(',')
     optimizers = args.optimizers.split(',')
     for model in models:
-        if model not in compare.TARGETS:
-            raise experiment.MxnagError('--models: %r is not one of %s' % (model, ', '.join(compare.TARGETS)))
+        if model not in sweep.TARGETS:
+            raise recipe.MxnagError('--models: %r is not one of %s' % (model, ', '.join(sweep.TARGETS)))
     for optimizer in optimizers:
-        if optimizer not in compare.LR_GRID:
-            raise experiment.MxnagError('--optimizers: %r is not one of %s'
-                                        % (optimizer, ', '.join(compare.OPTIMIZERS)))
+        if optimizer not in sweep.LR_GRID:
+            raise recipe.MxnagError('--optimizers: %r is not one of %s'
+                                        % (optimizer, ', '.join(sweep.OPTIMIZERS)))
     os.makedirs(args.out_dir, exist_ok=True)
     if args.tune:
-        best = compare.tune(models, optimizers, args.data_dir)
+        best = sweep.tune(models, optimizers, args.data_dir)
         checkpoint.write_json(os.path.join(args.out_dir, 'tuned_lr.json'), best)
         print(json.dumps(best, indent=1))
         return 0
@@ -51,17 +51,17 @@ def main(argv=None):
     if args.lrs:
         with open(args.lrs) as f:
             lrs = json.load(f)
-    result = compare.compare(models, optimizers, range(args.seeds), args.epochs, args.data_dir,
+    result = sweep.compare(models, optimizers, range(args.seeds), args.epochs, args.data_dir,
                              lrs, args.log)
     result['command'] = ' '.join(['python', 'recipes/compare_optimizers.py'] + (argv or sys.argv[1:]))
-    checkpoint.write_json(os.path.join(args.out_dir, 'compare.json'), result)
-    table = compare.markdown(result)
-    with open(os.path.join(args.out_dir, 'compare.md'), 'w') as f:
+    checkpoint.write_json(os.path.join(args.out_dir, 'sweep.json'), result)
+    table = sweep.markdown(result)
+    with open(os.path.join(args.out_dir, 'sweep.md'), 'w') as f:
         f.write(table)
-    compare.plot(result, os.path.join(args.out_dir, 'compare.png'))
+    sweep.plot(result, os.path.join(args.out_dir, 'sweep.png'))
     print(table)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(experiment.run_cli(main))
+    sys.exit(recipe.run_cli(main))

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Fine-tune a pretrained classifier on a new task: other digits with k examples per
-class, or Fashion-MNIST; optionally also train the same model from scratch to compare.
+class, or Fashion-MNIST; optionally also train the same model from scratch to sweep.
 
     python recipes/mnist_finetune.py --pretrained ckpt.params --classes 5-9 --shots 100 \\
         --data-dir ../shared/data/mnist --compare-scratch --out results.json
@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from mxnag import checkpoint, experiment, finetune
+from mxnag.train import checkpoint, recipe, finetune
 
 
 def parse_args(argv):
@@ -24,39 +24,39 @@ def parse_args(argv):
     parser.add_argument('--pretrained', required=True, help='checkpoint .params from mnist_pretrain.py')
     parser.add_argument('--features', choices=('freeze', 'lr_mult'), default='lr_mult',
                         help='freeze the feature extractor or scale its learning rate (default lr_mult)')
-    parser.add_argument('--features-lr-mult', type=experiment.nonnegative_float, default=0.1,
+    parser.add_argument('--features-lr-mult', type=recipe.nonnegative_float, default=0.1,
                         help='learning-rate multiplier of the features with --features lr_mult (default 0.1)')
-    parser.add_argument('--train-last', type=experiment.nonnegative_int, default=0, metavar='K',
+    parser.add_argument('--train-last', type=recipe.nonnegative_int, default=0, metavar='K',
                         help='keep the last K feature layers training at the full rate (default 0)')
     parser.add_argument('--compare-scratch', action='store_true',
                         help='also train the same model from scratch on the same examples')
-    experiment.add_data_args(parser, classes='5-9')
-    experiment.add_training_args(parser, model=None, epochs=20, batch_size=64)
-    experiment.add_output_args(parser)
+    recipe.add_data_args(parser, classes='5-9')
+    recipe.add_training_args(parser, model=None, epochs=20, batch_size=64)
+    recipe.add_output_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
-    contexts, workers, train_loader, test_loader, num_classes = experiment.prepare(args)
+    contexts, workers, train_loader, test_loader, num_classes = recipe.prepare(args)
     net, meta = finetune.load_pretrained(args.pretrained, contexts, args.model)
     args.model = meta['model']
     head = finetune.replace_head(net, num_classes, contexts)
     finetune.set_feature_training(net, head, args.features, args.features_lr_mult, args.train_last)
     net.hybridize()
-    config = experiment.config_of(args, num_classes=num_classes, features=args.features,
+    config = recipe.config_of(args, num_classes=num_classes, features=args.features,
                                   features_lr_mult=args.features_lr_mult, train_last=args.train_last,
                                   pretrained=args.pretrained)
-    history, _, _ = experiment.train(net, args, train_loader, test_loader, contexts, config,
+    history, _, _ = recipe.train(net, args, train_loader, test_loader, contexts, config,
                                      'finetune', workers)
-    result = experiment.summary(history, config, started)
+    result = recipe.summary(history, config, started)
     print('fine-tuned: test accuracy %.4f' % result['test_accuracy'])
     if args.compare_scratch:
         scratch_args = argparse.Namespace(**vars(args))
         scratch_args.checkpoint_dir, scratch_args.resume = None, False
-        scratch = experiment.new_model(args.model, num_classes, contexts, args.seed)
-        scratch_history, _, _ = experiment.train(scratch, scratch_args, train_loader,
+        scratch = recipe.new_model(args.model, num_classes, contexts, args.seed)
+        scratch_history, _, _ = recipe.train(scratch, scratch_args, train_loader,
                                                  test_loader, contexts, config, 'scratch', workers)
         result['scratch_test_accuracy'] = scratch_history[-1]['test_accuracy']
         result['scratch_history'] = scratch_history
@@ -67,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(experiment.run_cli(main))
+    sys.exit(recipe.run_cli(main))

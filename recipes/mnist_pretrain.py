@@ -13,16 +13,16 @@ import argparse
 import sys
 import time
 
-from mxnag import checkpoint, experiment
+from mxnag.train import checkpoint, recipe
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split('\n\n', 1)[1])
-    experiment.add_data_args(parser)
-    experiment.add_training_args(parser)
-    experiment.add_output_args(parser)
+    recipe.add_data_args(parser)
+    recipe.add_training_args(parser)
+    recipe.add_output_args(parser)
     parser.add_argument('--save', help='write the final checkpoint to this .params path')
     return parser.parse_args(argv)
 
@@ -30,16 +30,16 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
-    contexts, workers, train_loader, test_loader, num_classes = experiment.prepare(args)
-    config = experiment.config_of(args, num_classes=num_classes, features=None, pretrained=None)
-    net = experiment.new_model(args.model, num_classes, contexts, args.seed)
-    history, trainer, _ = experiment.train(net, args, train_loader, test_loader, contexts,
+    contexts, workers, train_loader, test_loader, num_classes = recipe.prepare(args)
+    config = recipe.config_of(args, num_classes=num_classes, features=None, pretrained=None)
+    net = recipe.new_model(args.model, num_classes, contexts, args.seed)
+    history, trainer, _ = recipe.train(net, args, train_loader, test_loader, contexts,
                                            config, 'pretrain', workers)
     if args.save and workers.chief:
         checkpoint.save(args.save, net, {'model': args.model, 'num_classes': num_classes,
                                          'config': config, 'epoch': len(history),
                                          'history': history}, trainer, workers.states_saver())
-    result = experiment.summary(history, config, started)
+    result = recipe.summary(history, config, started)
     if args.out and workers.chief:
         checkpoint.write_json(args.out, result)
     print('test accuracy %.4f after %d epochs' % (result['test_accuracy'], result['epochs_run']))
@@ -47,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(experiment.run_cli(main))
+    sys.exit(recipe.run_cli(main))

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mxnag import data
+from mxnag.train import data
 from mxnag.errors import MxnagError
 
 

@@ -1,4 +1,4 @@
-"""Distributed training on loopback: mxnag launch, mxnag.server, the recipes' workers.
+"""Distributed training on loopback: mxnag launch, mxnag.dist.server, the recipes' workers.
 Every process runs under a timeout; no test leaves a process behind."""
 import os
 import subprocess
@@ -21,7 +21,7 @@ ENV = dict(os.environ, MNIST_DIR=MNIST_DIR, PYTHONWARNINGS='ignore')
 
 def launch(*args, timeout=240):
     start = time.time()
-    proc = subprocess.run([sys.executable, '-m', 'mxnag.launch'] + [str(a) for a in args],
+    proc = subprocess.run([sys.executable, '-m', 'mxnag.dist.launch'] + [str(a) for a in args],
                           capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
     return proc, time.time() - start
 
@@ -91,7 +91,7 @@ def test_killed_worker_fails_the_job_and_leaves_no_process():
     proc, seconds = launch('-n', 2, '-s', 1, '--', sys.executable, '-c', KILLED_WORKER)
     assert proc.returncode != 0
     assert 'exited with status -9' in proc.stderr and seconds < 60
-    assert leftovers('mxnag-test-killed-worker') == [] and leftovers('mxnag.server') == []
+    assert leftovers('mxnag-test-killed-worker') == [] and leftovers('mxnag.dist.server') == []
 
 
 UNPICKLABLE = textwrap.dedent('''
@@ -112,7 +112,7 @@ def test_server_that_cannot_unpickle_the_optimizer_fails_the_job():
     assert proc.returncode != 0 and seconds < 60
     assert "cannot unpickle the workers' optimizer (AttributeError" in proc.stdout
     assert 'finished with a wrong model' not in proc.stdout
-    assert leftovers('mxnag.server') == []
+    assert leftovers('mxnag.dist.server') == []
 
 
 def test_cluster_that_does_not_form_times_out():
@@ -130,13 +130,13 @@ def test_worker_detects_servers_that_only_sum(tmp_path):
                 DMLC_NUM_WORKER='1', DMLC_NODE_HOST='127.0.0.1', DMLC_INTERFACE='lo')
     worker = textwrap.dedent('''
         import mxnet as mx
-        from mxnag import distributed
+        from mxnag.dist import worker
         @mx.optimizer.register
         class OnlyHere(mx.optimizer.SGD):
             pass
         kv = mx.kv.create('dist_sync')
         kv.set_optimizer(mx.optimizer.create('onlyhere', learning_rate=0.1))
-        distributed.verify_server_optimizer(kv)
+        worker.verify_server_optimizer(kv)
     ''')
     procs = [subprocess.Popen([sys.executable, '-c', 'import mxnet'], env=dict(base, DMLC_ROLE=role),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

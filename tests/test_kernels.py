@@ -21,6 +21,8 @@ import pytest
 import mxnag  # noqa: F401
 from mxnag import kernels
 from mxnag.kernels import build, cuda, fused_cpu
+
+from conftest import ROOT
 from reference import relative_error
 from test_optim import (FLOAT32_BOUND, FLOAT64_BOUND, OPTIONS, REFERENCES, STEPS, random_problem,
                         run_updater)
@@ -733,7 +735,7 @@ def test_concurrent_builds_then_cache_hit(tmp_path):
 
 
 def test_ops_command_info_and_build(capsys):
-    from mxnag import ops
+    from mxnag.kernels import ops
     assert ops.main(['info']) == 0
     out = capsys.readouterr().out
     assert 'cache_dir' in out and 'fused_cpu_active' in out
@@ -755,7 +757,6 @@ def test_import_loads_nothing():
 THREADING_SCRIPT = textwrap.dedent('''
     import os, sys, numpy as np, mxnet as mx, mxnag
     from mxnag import kernels
-
     def run(fused):
         os.environ['MXNAG_FUSED'] = '1' if fused else '0'
         rng = np.random.default_rng(0)
@@ -816,7 +817,7 @@ def test_stream_floor_operator_refuses_what_it_cannot_do(fused):
 
 def test_bench_runs_small(tmp_path, capsys):
     """The benchmark script end to end on a small tensor (no timing is asserted)."""
-    from mxnag import bench
+    bench = _bench_module()
     out = tmp_path / 'bench.json'
     assert bench.main(['--size', '100000', '--rounds', '1', '--repeats', '1', '--warmup', '0', '--no-resnet',
                        '--no-torch', '--no-cuda', '--json', str(out)]) == 0
@@ -834,7 +835,7 @@ def test_bench_runs_small(tmp_path, capsys):
 
 def test_bench_says_why_pytorch_did_not_run(tmp_path, monkeypatch, capsys):
     """A PyTorch process that fails (here: made to exit) is reported, not fatal."""
-    from mxnag import bench
+    bench = _bench_module()
     monkeypatch.setattr(bench, 'TORCH_SCRIPT', 'import sys; sys.exit("no PyTorch in this test")')
     out = tmp_path / 'bench.json'
     assert bench.main(['--size', '1000', '--rounds', '1', '--repeats', '1', '--warmup', '0',
@@ -846,7 +847,7 @@ def test_bench_says_why_pytorch_did_not_run(tmp_path, monkeypatch, capsys):
 @pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='PyTorch not installed')
 def test_bench_takes_turns_with_torch(tmp_path):
     """PyTorch's cases run in a subprocess that answers turn by turn (2 rounds here)."""
-    from mxnag import bench
+    bench = _bench_module()
     out = tmp_path / 'bench.json'
     assert bench.main(['--size', '20000', '--rounds', '2', '--repeats', '2', '--warmup', '1',
                        '--no-resnet', '--no-cuda', '--json', str(out)]) == 0
@@ -861,9 +862,19 @@ def test_bench_takes_turns_with_torch(tmp_path):
 
 
 def test_round_ratios_pair_each_round_with_the_fastest_peer():
-    from mxnag import bench
+    bench = _bench_module()
     rows = {'a': {'round_ms': [2.0, 3.0, 4.0]}, 'p': {'round_ms': [4.0, 2.0, 4.0]},
             'q': {'round_ms': [5.0, 3.0, 2.0]}}
     assert bench.round_ratios(rows, 'a', ['p', 'q', 'missing']) == [0.5, 1.5, 2.0]
     assert bench.round_ratios(rows, 'a', ['missing']) is None
     assert bench.round_ratios(rows, 'missing', ['p']) is None
+
+
+def _bench_module():
+    """benchmarks/bench_step.py (not part of the package)."""
+    import importlib.util
+    path = os.path.join(ROOT, 'benchmarks', 'bench_step.py')
+    spec = importlib.util.spec_from_file_location('bench_step', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

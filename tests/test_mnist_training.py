@@ -5,9 +5,7 @@ import pytest
 from mxnet import autograd, gluon
 
 import mxnag  # noqa: F401
-from mxnag import data
-
-
+from mxnag.train import data
 @pytest.mark.parametrize('name,lr', [('adanag', 2e-3), ('adan', 2e-3)])
 def test_loss_falls_on_mnist_subset(name, lr, mnist_dir):
     splits = data.load('mnist', mnist_dir, download=False)

@@ -5,7 +5,7 @@ import pytest
 from mxnet import autograd, gluon
 
 import mxnag  # noqa: F401
-from mxnag import finetune, models
+from mxnag.train import finetune, models
 from mxnag.errors import MxnagError
 
 

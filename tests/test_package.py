@@ -9,7 +9,6 @@ import pytest
 
 import mxnag
 from mxnag import AdaNAG, Adan
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -101,3 +100,21 @@ def test_import_without_mxnet_says_which_extra_to_install():
 
 def test_version():
     assert mxnag.__version__.count('.') == 2
+
+
+def test_the_library_and_the_cluster_import_nothing_of_the_layers_above():
+    """``import mxnag`` (what a kvstore server unpickling an optimizer runs) loads the
+    optimizer library only; ``mxnag.dist`` loads nothing of the training toolkit; no
+    gluoncv, tqdm or matplotlib either way."""
+    script = ('import sys, mxnag, mxnag.optim, mxnag.kernels\n'
+              'first = sorted(m for m in sys.modules if m.startswith("mxnag"))\n'
+              'import mxnag.dist.launch, mxnag.dist.server, mxnag.dist.worker\n'
+              'second = sorted(m for m in sys.modules if m.startswith("mxnag"))\n'
+              'heavy = [m for m in ("gluoncv", "tqdm", "matplotlib") if m in sys.modules]\n'
+              'print(first); print(second); print(heavy)\n')
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, second, heavy = [eval(line) for line in proc.stdout.splitlines()[-3:]]
+    assert all(m.split('.')[1] in ('optim', 'kernels') for m in first if m != 'mxnag'), first
+    assert not any(m.startswith('mxnag.train') for m in second), second
+    assert heavy == []

@@ -110,11 +110,11 @@ def test_resume_equals_uninterrupted_and_skips_a_corrupted_checkpoint(mnist_dir_
 def test_compare_optimizers_writes_json_markdown_and_plot(mnist_dir_module, tmp_path):
     proc = run('compare_optimizers.py', '--models', 'mlp', '--optimizers', 'sgd,adanag',
                '--seeds', 2, '--epochs', 1, '--data-dir', mnist_dir_module, '--out-dir', tmp_path)
-    result = json.loads((tmp_path / 'compare.json').read_text())
+    result = json.loads((tmp_path / 'sweep.json').read_text())
     assert len(result['runs']) == 4 and [r['optimizer'] for r in result['summary']] == ['sgd', 'adanag']
-    table = (tmp_path / 'compare.md').read_text()
+    table = (tmp_path / 'sweep.md').read_text()
     assert table in proc.stdout and '| mlp | adanag | 0.002 |' in table
-    assert (tmp_path / 'compare.png').read_bytes()[:4] == b'\x89PNG'
+    assert (tmp_path / 'sweep.png').read_bytes()[:4] == b'\x89PNG'
 
 
 def corrupted_copy(mnist_dir, target):

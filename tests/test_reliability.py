@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from mxnet import gluon
 
 import mxnag  # noqa: F401
-from mxnag import checkpoint, data, engine, models
+from mxnag.train import checkpoint, data, loop, models
 from mxnag.errors import MxnagError, TrainingError
 from conftest import ROOT
 
@@ -54,7 +54,7 @@ def train(loader, epochs=2, optimizer='adanag', max_skips=10, amp_scaler=False, 
         trainer._amp_loss_scaler = LossScaler()
         trainer._amp_original_scale = trainer._scale
     test = ListLoader(make_batches(9, 2))
-    history = engine.fit(net, trainer, loader, test, [mx.cpu()], epochs, progress=False,
+    history = loop.fit(net, trainer, loader, test, [mx.cpu()], epochs, progress=False,
                          max_skips=max_skips, log=log)
     return net, trainer, history
 
@@ -70,7 +70,7 @@ def test_non_finite_steps_are_skipped_without_touching_anything(optimizer, value
     that never saw those batches, with finite optimizer states."""
     batches = make_batches()
     poison = {(0, 3), (0, 7), (1, 2)}
-    log = engine.MetricsLog(str(tmp_path / 'log.jsonl'))
+    log = loop.MetricsLog(str(tmp_path / 'log.jsonl'))
     net, trainer, history = train(ListLoader(batches, poison, value), optimizer=optimizer, log=log)
     assert [h['skipped_steps'] for h in history] == [2, 1]
 
@@ -229,7 +229,7 @@ def test_killed_at_random_moments_and_resumed_equals_uninterrupted(tmp_path, mni
 
 WRITER = textwrap.dedent('''
     import sys, mxnet as mx
-    from mxnag import checkpoint, models
+    from mxnag.train import checkpoint, models
     net = models.get_model('seed-cnn')
     net.initialize()
     net(mx.nd.zeros((1, 1, 28, 28)))

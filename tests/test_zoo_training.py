@@ -14,7 +14,8 @@ import pytest
 from mxnet import autograd, gluon, nd
 
 import mxnag  # noqa: F401
-from mxnag import kernels, models
+from mxnag import kernels
+from mxnag.train import models
 from mxnag.kernels import fused_cpu
 
 from conftest import ROOT

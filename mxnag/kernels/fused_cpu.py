@@ -53,7 +53,7 @@ def available() -> bool:
 
 
 def status() -> dict:
-    """Whether the fused path is active and, if not, why (for ``python -m mxnag.ops info``)."""
+    """Whether the fused path is active and, if not, why (for ``python -m mxnag.kernels.ops info``)."""
     path = _LIBRARY.value[0] if _LIBRARY.value is not None else None
     if forced_off():
         return {'active': False, 'reason': 'MXNAG_FUSED=%s' % os.environ['MXNAG_FUSED'], 'path': path}

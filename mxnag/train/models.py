@@ -9,7 +9,7 @@ import sys
 from mxnet import gluon
 from mxnet.gluon import nn
 
-from .errors import MxnagError
+from ..errors import MxnagError
 
 MXNAG_MODELS = ('mlp', 'lenet', 'seed-cnn')
 

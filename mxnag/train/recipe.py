@@ -8,8 +8,10 @@ import time
 
 import mxnet as mx
 
-from . import __version__, checkpoint, data, distributed, engine, models
-from .errors import MxnagError, TrainingError  # noqa: F401  (MxnagError re-exported)
+from .. import __version__
+from ..dist import worker
+from . import checkpoint, data, loop, models
+from ..errors import MxnagError, TrainingError  # noqa: F401  (MxnagError re-exported)
 
 # Changing any of these makes a checkpoint of the run unusable for --resume.
 RESUME_KEYS = ('model', 'dataset', 'classes', 'shots', 'optimizer', 'lr', 'opt_args', 'batch_size',
@@ -73,7 +75,7 @@ def add_training_args(parser, model='lenet', optimizer='adanag', lr=None, epochs
     group.add_argument('--epochs', type=positive_int, default=epochs, help='(default %(default)s)')
     group.add_argument('--batch-size', type=positive_int, default=batch_size,
                        help='global batch size (default %(default)s)')
-    group.add_argument('--lr-schedule', default='constant', choices=engine.SCHEDULES)
+    group.add_argument('--lr-schedule', default='constant', choices=loop.SCHEDULES)
     group.add_argument('--warmup-epochs', type=nonnegative_float, default=0.0,
                        help='linear warm-up from 0, in epochs (default 0)')
     group.add_argument('--lr-step-epochs', type=epoch_list, default=[],
@@ -126,7 +128,7 @@ def check_args(args):
         raise MxnagError('--target-accuracy: must be in (0, 1], got %r' % args.target_accuracy)
     if args.resume and not args.checkpoint_dir:
         raise MxnagError('--resume: needs --checkpoint-dir')
-    kinds = ('device', 'local', 'none') + distributed.KINDS
+    kinds = ('device', 'local', 'none') + worker.KINDS
     if args.kvstore not in kinds:
         raise MxnagError('--kvstore: %r is not one of %s' % (args.kvstore, ', '.join(kinds)))
 
@@ -137,7 +139,7 @@ class Workers:
 
     def __init__(self, kind):
         self.kvstore, self.rank, self.num_workers = (None if kind == 'none' else kind), 0, 1
-        if kind in distributed.KINDS:
+        if kind in worker.KINDS:
             if 'DMLC_ROLE' not in os.environ:
                 raise MxnagError('--kvstore %s: not in a ps-lite cluster (no DMLC_ROLE); '
                                  'start the job with mxnag launch' % kind)
@@ -146,7 +148,7 @@ class Workers:
 
     @property
     def distributed(self):
-        return self.num_workers > 1 or distributed.is_distributed(self.kvstore)
+        return self.num_workers > 1 or worker.is_distributed(self.kvstore)
 
     @property
     def chief(self):
@@ -158,14 +160,14 @@ class Workers:
         distributed kvstore (where ``Trainer.save_states`` cannot reach them), else None."""
         if not self.distributed:
             return None
-        return lambda path: distributed.save_server_states(self.kvstore, path)
+        return lambda path: worker.save_server_states(self.kvstore, path)
 
 
 def prepare(args):
     """What every recipe does first: check ``args``, then ``(contexts, workers,
     train_loader, test_loader, num_classes)``."""
     check_args(args)
-    contexts = engine.parse_contexts(args.ctx)
+    contexts = loop.parse_contexts(args.ctx)
     if getattr(args, 'amp', False):
         if any(ctx.device_type != 'gpu' for ctx in contexts):
             raise MxnagError("--amp: needs GPU contexts (MXNet's CPU build has no float16 "
@@ -200,7 +202,7 @@ def config_of(args, **extra):
             'seed', 'lr_schedule', 'warmup_epochs', 'lr_step_epochs', 'lr_factor', 'ctx', 'kvstore',
             'target_accuracy')
     config = {k: getattr(args, k, None) for k in keys}
-    config['opt_args'] = engine.parse_opt_args(args.opt_arg)
+    config['opt_args'] = loop.parse_opt_args(args.opt_arg)
     config.update(extra)
     return config
 
@@ -210,13 +212,13 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
     checkpoints, resume; on a distributed kvstore as one of ``workers``. Returns
     ``(history, trainer, resumed_from)``."""
     workers = workers or Workers(args.kvstore)
-    opt_args = engine.parse_opt_args(args.opt_arg)
+    opt_args = loop.parse_opt_args(args.opt_arg)
     lr = args.lr
     if lr is None:  # the optimizer's own default
-        lr = engine.make_optimizer(args.optimizer, None, opt_args).learning_rate
-    scheduler = engine.make_lr_scheduler(args.lr_schedule, lr, len(train_loader), args.epochs,
+        lr = loop.make_optimizer(args.optimizer, None, opt_args).learning_rate
+    scheduler = loop.make_lr_scheduler(args.lr_schedule, lr, len(train_loader), args.epochs,
                                          args.warmup_epochs, args.lr_step_epochs, args.lr_factor)
-    optimizer = engine.make_optimizer(args.optimizer, lr, opt_args, scheduler)
+    optimizer = loop.make_optimizer(args.optimizer, lr, opt_args, scheduler)
     net(mx.nd.zeros((1, 1, 28, 28), ctx=contexts[0]))  # completes deferred initialisation
     # Per-parameter multipliers by index: a kvstore server gets the optimizer pickled,
     # without the Trainer's param_dict, and would ignore lr_mult/wd_mult otherwise.
@@ -225,13 +227,13 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
     optimizer.set_wd_mult({i: p.wd_mult for i, p in enumerate(params) if p.wd_mult != 1.0})
     dist = workers.distributed
     trainer = mx.gluon.Trainer(params, optimizer, kvstore=workers.kvstore)
-    if getattr(args, 'amp', False):  # dynamic loss scaling; engine.fit counts its skips
+    if getattr(args, 'amp', False):  # dynamic loss scaling; loop.fit counts its skips
         from mxnet.contrib import amp
         amp.init_trainer(trainer)
     if dist:  # the servers get the optimizer once, so with the global batch's normalisation
         optimizer.rescale_grad = trainer._scale / train_loader.batch_size
         trainer._init_kvstore()
-        distributed.verify_server_optimizer(workers.kvstore)
+        worker.verify_server_optimizer(workers.kvstore)
     meta = {'model': args.model, 'num_classes': config['num_classes'], 'config': config,
             'mxnag_version': __version__}
     start_epoch, history, resumed_from = 0, [], None
@@ -252,14 +254,14 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
             if not dist:
                 checkpoint.load_trainer_states(trainer, prefix + '.states', args.optimizer)
             elif workers.chief:
-                distributed.load_server_states(workers.kvstore, prefix + '.states')
+                worker.load_server_states(workers.kvstore, prefix + '.states')
             start_epoch, history, resumed_from = saved['epoch'], saved['history'], prefix
             sys.stderr.write('resuming from %s (epoch %d)\n' % (prefix, start_epoch))
-    log = engine.MetricsLog(args.log if workers.chief else None)
+    log = loop.MetricsLog(args.log if workers.chief else None)
     log.write(event='start', run=log_name, config=config, start_epoch=start_epoch,
               resumed_from=resumed_from)
     save_states = workers.states_saver()
-    history = engine.fit(net, trainer, train_loader, test_loader, contexts, args.epochs,
+    history = loop.fit(net, trainer, train_loader, test_loader, contexts, args.epochs,
                          seed=args.seed, start_epoch=start_epoch, history=history, log=log,
                          checkpoint_dir=args.checkpoint_dir if workers.chief else None,
                          keep=args.keep, meta=meta, target_accuracy=args.target_accuracy,

@@ -1,7 +1,7 @@
 """Start a ps-lite cluster (scheduler, servers, workers) for MXNet's distributed kvstore.
 
     mxnag launch -n 2 -s 1 -- python recipes/mnist_pretrain.py --kvstore dist_sync ...
-    python -m mxnag.launch -n 4 -s 2 --hostfile hosts -- python train.py ...
+    python -m mxnag.dist.launch -n 4 -s 2 --hostfile hosts -- python train.py ...
 
 MXNet's ``tools/launch.py`` is not in the wheel; this is its replacement. Processes run
 locally, or over ssh on the hosts of ``--hostfile`` (one host per line, servers and
@@ -9,7 +9,7 @@ workers assigned round-robin; the scheduler runs here). Every line a process pri
 forwarded with its role and rank in front. The launcher exits 0 only when every worker
 exits 0; it exits non-zero, killing every process it started, as soon as any process
 fails, when the cluster has not formed within ``--form-timeout`` seconds, or when the
-whole job exceeds ``--timeout``. Servers run ``python -m mxnag.server``, which fails
+whole job exceeds ``--timeout``. Servers run ``python -m mxnag.dist.server``, which fails
 loudly when it cannot unpickle the workers' optimizer. The prefix ``[worker i]`` is the
 launch order; the kvstore rank (``kv.rank``) is assigned by the scheduler and may differ.
 Remote hosts need the same Python environment at the same path, and the same working
@@ -54,7 +54,7 @@ class Cluster:
         self.lock = threading.Lock()
 
     def env(self, role, host):
-        # mxnag.server sets DMLC_ROLE itself, after importing mxnet (see its doc)
+        # mxnag.dist.server sets DMLC_ROLE itself, after importing mxnet (see its doc)
         env = {'MXNAG_DMLC_ROLE' if role == 'server' else 'DMLC_ROLE': role,
                'DMLC_PS_ROOT_URI': self.root,
                'DMLC_PS_ROOT_PORT': str(self.port), 'DMLC_NUM_SERVER': str(self.num_servers),
@@ -104,7 +104,7 @@ class Cluster:
 
     def run(self):
         started = time.time()
-        server = [self.python, '-m', 'mxnag.server']
+        server = [self.python, '-m', 'mxnag.dist.server']
         try:
             self.start('scheduler', 'scheduler', [self.python, '-c', 'import mxnet'])
             for i in range(self.num_servers):

@@ -14,7 +14,8 @@ import os
 import re
 import tempfile
 
-from .errors import MxnagError
+from ..errors import MxnagError
+from ..files import atomic_write  # noqa: F401  (part of this module's API)
 
 FORMAT = 'mxnag-checkpoint-1'
 
@@ -33,28 +34,6 @@ def _sha256(path):
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp_path)``, flush the file to disk, rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_json(path, obj):

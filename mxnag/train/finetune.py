@@ -4,7 +4,7 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from . import checkpoint, models
-from .errors import MxnagError
+from ..errors import MxnagError
 
 
 def load_pretrained(path, contexts, model=None):

@@ -14,8 +14,9 @@ import time
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from . import checkpoint, optim  # noqa: F401  (optim registers 'adanag' and 'adan')
-from .errors import MxnagError, TrainingError
+from .. import optim  # noqa: F401  (registers the mxnag optimizers)
+from . import checkpoint
+from ..errors import MxnagError, TrainingError
 
 SCHEDULES = ('constant', 'step', 'cosine')
 

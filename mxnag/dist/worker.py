@@ -10,7 +10,7 @@ the same learning rate.
 import os
 
 from . import server
-from .errors import MxnagError
+from ..errors import MxnagError
 
 KINDS = ('dist_sync', 'dist_device_sync', 'dist_async')
 PROBE_KEY_BASE = 2 ** 30  # far from the Trainer's parameter indices

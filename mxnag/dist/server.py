@@ -1,4 +1,4 @@
-"""A kvstore server (``python -m mxnag.server``) for ``mxnag launch``.
+"""A kvstore server (``python -m mxnag.dist.server``) for ``mxnag launch``.
 
 MXNet's own server (what ``import mxnet`` runs when ``DMLC_ROLE=server``) prints and
 ignores an exception when it cannot unpickle the workers' optimizer, and then only sums
@@ -12,7 +12,7 @@ import os
 import pickle
 import sys
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 
 # MXNet's servers pass only command 0 (the "controller" command, which carries the
 # pickled optimizer) to Python; mxnag's own commands ride on it, told apart by a prefix
@@ -32,7 +32,7 @@ def main():
     # mxnet (which importing this package does) would start MXNet's own server.
     role = os.environ.get('MXNAG_DMLC_ROLE')
     if role != 'server' or 'DMLC_ROLE' in os.environ:
-        sys.exit('mxnag.server: start it with MXNAG_DMLC_ROLE=server and no DMLC_ROLE '
+        sys.exit('mxnag.dist.server: start it with MXNAG_DMLC_ROLE=server and no DMLC_ROLE '
                  '(mxnag launch does)')
     import mxnet as mx
     from mxnet.kvstore.kvstore_server import KVStoreServer
@@ -61,14 +61,14 @@ def main():
                         optimizer = pickle.loads(cmd_body)
                     except Exception as err:  # noqa: BLE001 (any failure must stop the job)
                         sys.stderr.write(
-                            'mxnag.server %d: cannot unpickle the workers\' optimizer (%s: %s); '
+                            'mxnag.dist.server %d: cannot unpickle the workers\' optimizer (%s: %s); '
                             'servers must run with the workers\' Python environment\n'
                             % (kvstore.rank, type(err).__name__, err))
                         sys.stderr.flush()
                         os._exit(EXIT_UNPICKLE)
                     kvstore.set_optimizer(optimizer)
                 else:
-                    sys.stderr.write('mxnag.server: unknown command %d\n' % cmd_id)
+                    sys.stderr.write('mxnag.dist.server: unknown command %d\n' % cmd_id)
             return controller
 
     Server(kvstore).run()

@@ -15,7 +15,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .errors import MxnagError
+from ..errors import MxnagError
 
 SPLIT_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),

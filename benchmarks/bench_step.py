@@ -1,7 +1,7 @@
 """Time one optimizer step: mxnag's fused AdaNAG and Adan next to MXNet's own update
 operators, their memory floor (the same traffic without the maths) and PyTorch's Adam/NAdam.
 
-    python -m mxnag.bench [--size N] [--rounds R] [--repeats N] [--json out.json] [--no-resnet] [--no-torch]
+    python benchmarks/bench_step.py [--size N] [--rounds R] [--repeats N] [--json out.json] [--no-resnet] [--no-torch]
 
 Two problems: one float32 tensor of ``--size`` elements, and the 161 trainable parameter
 shapes of ResNet-50 (gluoncv's ``resnet50_v1b``). An MXNet step is timed from the Python
@@ -126,7 +126,7 @@ def mxnet_steps(step, count, queue=1):
 def resnet50_shapes():
     """The shapes of the 161 trainable parameters of gluoncv's resnet50_v1b."""
     import mxnet as mx
-    from .models import gluoncv_model_zoo  # imports GluonCV with PyTorch hidden from it
+    from mxnag.train.models import gluoncv_model_zoo  # imports GluonCV with PyTorch hidden from it
     net = gluoncv_model_zoo().get_model('resnet50_v1b', pretrained=False)
     net.initialize(mx.init.Zero())
     net(mx.nd.zeros((1, 3, 32, 32)))
@@ -169,7 +169,7 @@ class Problem:
         """Copies of the weights into other arrays: MXNet's ``copyto`` and, when built,
         mxnag's threaded copy (the same threads and dispatch as the fused updates)."""
         import mxnet as mx
-        from .kernels import fused_cpu
+        from mxnag.kernels import fused_cpu
         targets = [mx.nd.zeros(s) for s in self.shapes]
         steps = {'copy (MXNet copyto)': lambda: [w.copyto(t) for w, t in zip(self.weights, targets)]}
         if fused_cpu.available():
@@ -181,7 +181,7 @@ class Problem:
         """Writes -> a step of ``mxnag_stream`` that reads one array and reads and writes
         ``writes`` more, each of the problem's total size; {} without the fused library."""
         import mxnet as mx
-        from .kernels import fused_cpu
+        from mxnag.kernels import fused_cpu
         if not fused_cpu.available():
             return {}
         source = mx.nd.random.normal(shape=(self.size,)) * 1e-3
@@ -204,7 +204,7 @@ def mxnet_cases(problem, queue):
     measured in this process."""
     import mxnet as mx
     import mxnag  # noqa: F401  (registers the optimizers)
-    from .kernels import fused_cpu
+    from mxnag.kernels import fused_cpu
     cases = {}
     if fused_cpu.available():
         cases['mxnag adanag (fused)'] = ('adanag', problem.updater_step(
@@ -419,7 +419,7 @@ def cupy_cases(size, repeats, warmup):
             return {}
     except Exception:  # noqa: BLE001  (no CuPy, no driver, no device)
         return {}
-    from .kernels import cuda
+    from mxnag.kernels import cuda
     module = cupy.RawModule(code=cuda.source())
 
     def timed(launch):
@@ -476,7 +476,7 @@ def machine():
     except (OSError, StopIteration):
         info['cpu'] = platform.processor()
     import mxnet as mx
-    from .kernels import fused_cpu
+    from mxnag.kernels import fused_cpu
     info['mxnet'] = mx.__version__
     info['fused_cpu'] = fused_cpu.available()
     info['fused_threads'] = fused_cpu.probe()
@@ -487,17 +487,17 @@ def epoch_seconds(model, optimizers, data_dir, repeats):
     """Median seconds of one MNIST training epoch of ``model`` per optimizer (batch 128,
     the recipes' engine), the optimizers alternating so that load drifts hit all alike."""
     import statistics
-    from . import compare, data
+    from mxnag.train import data, sweep
     splits = data.load('mnist', data_dir)
     images, labels = data.normalize(splits['train'][0]), splits['train'][1]
     test = data.ArrayLoader(images[:1000], labels[:1000], 1000, shuffle=False)
     times = {name: [] for name in optimizers}
     for _ in range(repeats):
         for name in optimizers:
-            lr = compare.TUNED_LR[model][name] if name in compare.TUNED_LR.get(model, {}) else None
-            args = compare.run_args(model, name, lr, 1, seed=0)
+            lr = sweep.TUNED_LR[model][name] if name in sweep.TUNED_LR.get(model, {}) else None
+            args = sweep.run_args(model, name, lr, 1, seed=0)
             loader = data.ArrayLoader(images, labels, 128, seed=0, last_batch='discard')
-            history = compare.train_once(args, loader, test)
+            history = sweep.train_once(args, loader, test)
             times[name].append(history[-1]['seconds'])
     rows = {name: {'median_s': statistics.median(t), 'all_s': t} for name, t in times.items()}
     base = rows[optimizers[0]]['median_s']
@@ -507,7 +507,7 @@ def epoch_seconds(model, optimizers, data_dir, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m mxnag.bench', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python benchmarks/bench_step.py', description=__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, default=10_000_000, help='elements of the single tensor')
     parser.add_argument('--rounds', type=int, default=5, help='turns of every case')
     parser.add_argument('--repeats', type=int, default=10,
@@ -525,7 +525,7 @@ def main(argv=None):
     parser.add_argument('--epoch-repeats', type=int, default=3)
     parser.add_argument('--data-dir', help='MNIST for --epoch')
     args = parser.parse_args(argv)
-    results = {'command': 'python -m mxnag.bench ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+    results = {'command': 'python benchmarks/bench_step.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
                'machine': machine()}
     results['single'] = run_problem('one tensor', [(args.size,)], args.rounds, args.repeats,
                                     args.warmup, args.torch, args.queue)

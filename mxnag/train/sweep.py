@@ -9,7 +9,7 @@ model on the first 50,000 training images per grid value, the best accuracy on t
 import argparse
 import statistics
 
-from . import data, engine, experiment
+from . import data, loop, recipe
 
 OPTIMIZERS = ('sgd', 'nag', 'adam', 'nadam', 'adanag', 'adan')
 # fixed hyperparameters besides the learning rate
@@ -41,10 +41,10 @@ def train_once(args, train_loader, test_loader, log=None):
     """Train a fresh ``args.model`` with ``args``; returns the history."""
     if log:
         args.log = log
-    net = experiment.new_model(args.model, 10, [experiment.engine.mx.cpu()], args.seed)
-    config = experiment.config_of(args, num_classes=10)
-    history, _, _ = experiment.train(net, args, train_loader, test_loader,
-                                     engine.parse_contexts('cpu'), config,
+    net = recipe.new_model(args.model, 10, [recipe.loop.mx.cpu()], args.seed)
+    config = recipe.config_of(args, num_classes=10)
+    history, _, _ = recipe.train(net, args, train_loader, test_loader,
+                                     loop.parse_contexts('cpu'), config,
                                      '%s/%s/%s' % (args.model, args.optimizer, args.seed))
     return history
 
@@ -90,7 +90,7 @@ def compare(models, optimizers, seeds, epochs, data_dir=None, lrs=None, log=None
                 test = data.ArrayLoader(test_x, splits['test'][1], 1000, shuffle=False)
                 lr = lrs[model][optimizer]
                 history = train_once(run_args(model, optimizer, lr, epochs, seed), train, test, log)
-                epoch, seconds = engine.epochs_to_reach(history, TARGETS[model])
+                epoch, seconds = loop.epochs_to_reach(history, TARGETS[model])
                 runs.append({'model': model, 'optimizer': optimizer, 'seed': seed, 'lr': lr,
                              'opt_args': OPTIMIZER_ARGS.get(optimizer, {}), 'history': history,
                              'test_accuracy': history[-1]['test_accuracy'],

@@ -1,7 +1,7 @@
 """Build the fused optimizer operators ahead of time, or say what this process would use.
 
-    python -m mxnag.ops build [--force]   # compile into the cache now; print the library's path
-    python -m mxnag.ops info              # paths, cache key, whether fused is active and why not
+    python -m mxnag.kernels.ops build [--force]   # compile into the cache now; print the library's path
+    python -m mxnag.kernels.ops info              # paths, cache key, whether fused is active and why not
 
 ``mxnag build-ops`` runs ``main(['build'])``. Building ahead of time spares the first
 training step the compilation (seconds), e.g. on every worker host of a cluster.
@@ -14,7 +14,7 @@ from typing import List, Optional
 
 
 def _build(args) -> int:
-    from .kernels import build, fused_cpu
+    from . import build, fused_cpu
     try:
         spec = build.build(force=args.force)
     except build.BuildError as err:
@@ -35,9 +35,9 @@ def _build(args) -> int:
 
 
 def info() -> dict:
-    """What ``python -m mxnag.ops info`` prints: cache, key parts, library, status."""
+    """What ``python -m mxnag.kernels.ops info`` prints: cache, key parts, library, status."""
     import mxnet
-    from .kernels import build, cuda, fused_cpu
+    from . import build, cuda, fused_cpu
     out = {'mxnet_version': mxnet.__version__, 'cache_dir': build.cache_dir(),
            'MXNAG_FUSED': os.environ.get('MXNAG_FUSED'),
            'MXNAG_NUM_THREADS': os.environ.get('MXNAG_NUM_THREADS'),
@@ -55,7 +55,7 @@ def info() -> dict:
                    % os.environ['MXNAG_FUSED'])
     elif not out['built']:
         out.update(fused_cpu_active=False,
-                   reason='not built yet: the first update (or `python -m mxnag.ops build`) builds it')
+                   reason='not built yet: the first update (or `python -m mxnag.kernels.ops build`) builds it')
     else:
         active = fused_cpu.available()
         out.update(fused_cpu_active=active, reason=fused_cpu.status()['reason'])
@@ -68,7 +68,7 @@ def info() -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m mxnag.ops', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='python -m mxnag.kernels.ops', description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command', required=True)
     build_cmd = commands.add_parser('build', help='compile the fused CPU operators into the cache')
     build_cmd.add_argument('--force', action='store_true', help='rebuild even if cached')
