@@ -1,11 +1,21 @@
-"""The one exception type for bad input that the user can fix."""
+"""The exceptions of the toolkit: bad input the user can fix, and training that cannot go
+on. Each message is one line and names the argument (as a Python keyword, e.g.
+``max_skips``); ``arguments`` lists the names it mentions, so that a command line can
+speak of its own flags instead (``--max-skips``)."""
 
 
-class MxnagError(ValueError):
+class _Named:
+    def __init__(self, message, arguments=()):
+        super().__init__(message)
+        self.arguments = tuple(arguments)
+
+
+class MxnagError(_Named, ValueError):
     """Bad input: a missing or corrupted file, an unknown name, an argument out of range.
-    The message names what is wrong in one line; command-line tools print it and exit 2."""
+    Command-line tools print the one-line message and exit 2."""
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many steps in a row had non-finite gradients).
-    Command-line tools print the one-line message and exit 1; checkpoints stay intact."""
+class TrainingError(_Named, RuntimeError):
+    """Training cannot go on (e.g. too many steps in a row had non-finite gradients, or a
+    checkpoint could not be written). Command-line tools print the one-line message and
+    exit 1; checkpoints already written stay intact."""

@@ -14,7 +14,8 @@ import json
 import os
 import sys
 
-from mxnag.train import checkpoint, recipe, sweep
+from mxnag.errors import MxnagError
+from mxnag.train import checkpoint, cli, settings, sweep
 
 
 def main(argv=None):
@@ -24,8 +25,8 @@ def main(argv=None):
     parser.add_argument('--data-dir', help='directory with the MNIST IDX files')
     parser.add_argument('--models', default='mlp,lenet')
     parser.add_argument('--optimizers', default=','.join(sweep.OPTIMIZERS))
-    parser.add_argument('--seeds', type=recipe.positive_int, default=3)
-    parser.add_argument('--epochs', type=recipe.positive_int, default=10)
+    parser.add_argument('--seeds', type=settings.positive_int, default=3)
+    parser.add_argument('--epochs', type=settings.positive_int, default=10)
     parser.add_argument('--out-dir', default='results')
     parser.add_argument('--log', help='JSON-lines metrics log of all runs')
     parser.add_argument('--tune', action='store_true',
@@ -36,11 +37,11 @@ def main(argv=None):
     optimizers = args.optimizers.split(',')
     for model in models:
         if model not in sweep.TARGETS:
-            raise recipe.MxnagError('--models: %r is not one of %s' % (model, ', '.join(sweep.TARGETS)))
+            raise MxnagError('--models: %r is not one of %s' % (model, ', '.join(sweep.TARGETS)))
     for optimizer in optimizers:
         if optimizer not in sweep.LR_GRID:
-            raise recipe.MxnagError('--optimizers: %r is not one of %s'
-                                        % (optimizer, ', '.join(sweep.OPTIMIZERS)))
+            raise MxnagError('--optimizers: %r is not one of %s'
+                             % (optimizer, ', '.join(sweep.OPTIMIZERS)))
     os.makedirs(args.out_dir, exist_ok=True)
     if args.tune:
         best = sweep.tune(models, optimizers, args.data_dir)
@@ -64,4 +65,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(recipe.run_cli(main))
+    sys.exit(cli.run_cli(main))

@@ -5,21 +5,23 @@ import sys
 
 import mxnet as mx
 
-from mxnag.train import sweep, loop, recipe
+from mxnag.train import cli, run, settings, sweep
+
+
 def main(out_dir, kvstore, epochs, *extra):
     args = sweep.run_args('mlp', 'adanag', 0.002, int(epochs), seed=3, batch_size=20,
                             data_dir=os.environ['MNIST_DIR'])
     args.kvstore, args.shots = kvstore, 50
     args.checkpoint_dir = os.path.join(out_dir, 'ck') if 'checkpoint' in extra else None
     args.resume, args.keep = 'resume' in extra, 4
-    workers = recipe.Workers(kvstore)
-    train_loader, test_loader, classes = recipe.load_data(args, workers=workers)
-    net = recipe.new_model('mlp', classes, [mx.cpu()], args.seed)
-    config = recipe.config_of(args, num_classes=classes)
-    recipe.train(net, args, train_loader, test_loader, [mx.cpu()], config, 'dist', workers)
+    workers = run.Workers(kvstore)
+    train_loader, test_loader, classes = run.load_data(args, workers=workers)
+    net = run.new_model('mlp', classes, [mx.cpu()], args.seed)
+    config = settings.config_of(args, num_classes=classes)
+    run.train(net, args, train_loader, test_loader, [mx.cpu()], config, 'dist', workers)
     net.save_parameters(os.path.join(out_dir, 'rank%d.params' % workers.rank))
     print('rank %d of %d done, %d steps per epoch' % (workers.rank, workers.num_workers, len(train_loader)))
 
 
 if __name__ == '__main__':
-    sys.exit(recipe.run_cli(lambda argv: main(*argv), sys.argv[1:]))
+    sys.exit(cli.run_cli(lambda argv: main(*argv), sys.argv[1:]))

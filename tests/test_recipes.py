@@ -177,3 +177,18 @@ def test_finetune_on_fashion_mnist(pretrained, tmp_path):
         '--out', tmp_path / 'ft.json')
     result = json.loads((tmp_path / 'ft.json').read_text())
     assert result['config']['dataset'] == 'fashion-mnist' and result['test_accuracy'] > 0.4
+
+
+def test_too_many_skips_stop_the_recipe_with_exit_1(mnist_dir_module, tmp_path):
+    """A learning rate of 1e30 sends the weights to infinity after one step: every later
+    step is skipped, and the fourth in a row (--max-skips 3) stops the run, naming the option."""
+    proc = run('mnist_pretrain.py', '--model', 'mlp', '--shots', 20, '--epochs', 1,
+               '--batch-size', 10, '--optimizer', 'sgd', '--lr', 1e30, '--max-skips', 3,
+               '--data-dir', mnist_dir_module, '--no-progress', '--out', tmp_path / 'out.json',
+               check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert lines[0].startswith('mnist_pretrain.py: stopped: epoch 1, batch ')
+    assert '4 steps in a row' in lines[0] and '(limit --max-skips 3)' in lines[0], lines[0]
+    assert not (tmp_path / 'out.json').exists()

@@ -90,9 +90,12 @@ def test_non_finite_steps_are_skipped_without_touching_anything(optimizer, value
 
 
 def test_too_many_consecutive_skips_stop_the_run():
+    """The library names its argument (max_skips); the recipes' option is checked in
+    test_recipes.test_too_many_skips_stop_the_recipe_with_exit_1."""
     poison = {(0, i) for i in range(2, 6)}
-    with pytest.raises(TrainingError, match=r'epoch 1, batch 6: 4 steps in a row .* --max-skips 3'):
+    with pytest.raises(TrainingError, match=r'epoch 1, batch 6: 4 steps in a row .* max_skips 3') as info:
         train(ListLoader(make_batches(), poison), max_skips=3)
+    assert '--max-skips' not in str(info.value) and info.value.arguments == ('max_skips',)
 
 
 def test_amp_loss_scaler_skips_overflow_and_guard_counts_it():

@@ -174,9 +174,9 @@ def parse_classes(spec):
             else:
                 classes.append(int(part))
     except ValueError:
-        raise MxnagError("classes: %r is not like '0-4' or '3,8'" % spec) from None
+        raise MxnagError("classes: %r is not like '0-4' or '3,8'" % spec, ('classes',)) from None
     if not classes or any(c < 0 or c > 9 for c in classes) or len(set(classes)) != len(classes):
-        raise MxnagError('classes: %r must name distinct classes in 0-9' % spec)
+        raise MxnagError('classes: %r must name distinct classes in 0-9' % spec, ('classes',))
     return sorted(classes)
 
 
@@ -191,13 +191,14 @@ def subset(images, labels, classes=None, shots=None, seed=0):
         labels = remap[labels]
     if shots is not None:
         if shots < 1:
-            raise MxnagError('shots: must be >= 1, got %r' % shots)
+            raise MxnagError('shots: must be >= 1, got %r' % shots, ('shots',))
         rng = np.random.RandomState(seed)
         chosen = []
         for c in np.unique(labels):
             idx = np.flatnonzero(labels == c)
             if len(idx) < shots:
-                raise MxnagError('shots: class %d has only %d examples, %d asked' % (c, len(idx), shots))
+                raise MxnagError('shots: class %d has only %d examples, %d asked' % (c, len(idx), shots),
+                                 ('shots',))
             chosen.append(rng.choice(idx, shots, replace=False))
         chosen = np.sort(np.concatenate(chosen))
         images, labels = images[chosen], labels[chosen]
@@ -228,7 +229,7 @@ class ArrayLoader:
         rank, num_shards = shard
         if batch_size < 1 or batch_size % num_shards:
             raise MxnagError('batch_size: must be a positive multiple of the number of '
-                             'workers (%d), got %r' % (num_shards, batch_size))
+                             'workers (%d), got %r' % (num_shards, batch_size), ('batch_size',))
         if num_shards > 1:
             last_batch = 'discard'
         self.data, self.labels = data, labels

@@ -43,8 +43,8 @@ def trailing_feature_layers(net, count):
     layers = [b for b in getattr(features, '_children', {}).values()
               if list(b.collect_params().values())]
     if len(layers) < count:
-        raise MxnagError('--train-last: %s has %d feature layers with parameters, %d asked'
-                         % (type(net).__name__, len(layers), count))
+        raise MxnagError('train_last: %s has %d feature layers with parameters, %d asked'
+                         % (type(net).__name__, len(layers), count), ('train_last',))
     return {p for layer in layers[len(layers) - count:] for p in layer.collect_params().values()}
 
 

@@ -6,10 +6,9 @@ Learning rates were tuned by ``recipes/compare_optimizers.py --tune``: one epoch
 model on the first 50,000 training images per grid value, the best accuracy on the last
 10,000 (never the test set) wins. ``TUNED_LR`` holds what that command printed.
 """
-import argparse
 import statistics
 
-from . import data, loop, recipe
+from . import data, loop, run, settings
 
 OPTIMIZERS = ('sgd', 'nag', 'adam', 'nadam', 'adanag', 'adan')
 # fixed hyperparameters besides the learning rate
@@ -26,26 +25,25 @@ TARGETS = {'mlp': 0.98, 'lenet': 0.99}
 
 
 def run_args(model, optimizer, lr, epochs, seed, batch_size=128, data_dir=None, classes=None):
-    """The argparse namespace of one training run, as the recipes would build it."""
-    return argparse.Namespace(
-        model=model, optimizer=optimizer, lr=lr,
+    """The arguments of one sweep run: the pretrain recipe's settings at their defaults but
+    for these, a constant learning rate (the one the sweep tuned), one checkpoint kept, no
+    progress bar."""
+    return settings.namespace(
+        'pretrain', model=model, optimizer=optimizer, lr=lr,
         opt_arg=['%s=%r' % kv for kv in OPTIMIZER_ARGS.get(optimizer, {}).items()],
-        epochs=epochs, batch_size=batch_size, lr_schedule='constant', warmup_epochs=0.0,
-        lr_step_epochs=[], lr_factor=0.1, ctx='cpu', kvstore='device', seed=seed,
-        target_accuracy=None, max_skips=10, dataset='mnist', data_dir=data_dir, classes=classes,
-        shots=None,
-        out=None, log=None, checkpoint_dir=None, keep=1, resume=False, no_progress=True)
+        epochs=epochs, batch_size=batch_size, lr_schedule='constant', seed=seed,
+        data_dir=data_dir, classes=classes, keep=1, no_progress=True)
 
 
 def train_once(args, train_loader, test_loader, log=None):
     """Train a fresh ``args.model`` with ``args``; returns the history."""
     if log:
         args.log = log
-    net = recipe.new_model(args.model, 10, [recipe.loop.mx.cpu()], args.seed)
-    config = recipe.config_of(args, num_classes=10)
-    history, _, _ = recipe.train(net, args, train_loader, test_loader,
-                                     loop.parse_contexts('cpu'), config,
-                                     '%s/%s/%s' % (args.model, args.optimizer, args.seed))
+    net = run.new_model(args.model, 10, [run.mx.cpu()], args.seed)
+    config = settings.config_of(args, num_classes=10)
+    history, _, _ = run.train(net, args, train_loader, test_loader,
+                              loop.parse_contexts('cpu'), config,
+                              '%s/%s/%s' % (args.model, args.optimizer, args.seed))
     return history
 
 

@@ -1,0 +1,44 @@
+"""The recipes' command-line layer: their options (from ``mxnag.train.settings``), and
+how a run ends: bad input with exit status 2 and one line, training that stopped with
+exit status 1 and one line, each naming the option (``--max-skips``) where the library
+named the setting (``max_skips``)."""
+import argparse
+import os
+import re
+import sys
+from typing import Callable, List, Optional
+
+from . import settings
+from ..errors import MxnagError, TrainingError
+
+
+def parser_for(recipe: str, doc: str) -> argparse.ArgumentParser:
+    """An argument parser of ``recipe``'s settings, described by the script's ``doc``
+    (first paragraph: description; the rest: epilog)."""
+    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=doc.split('\n\n', 1)[1])
+    return settings.add_arguments(parser, recipe)
+
+
+def message(err: Exception) -> str:
+    """``err``'s one line, each setting it names written as its command-line option."""
+    text = str(err)
+    for name in getattr(err, 'arguments', ()):
+        flag = settings.flag_of(name)
+        text = re.sub(r'(?<![\w-])%s(?![\w-])' % re.escape(name), flag, text, count=1)
+    return text
+
+
+def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
+    """Run ``main(argv)``; bad input (``MxnagError``) ends with exit status 2 and one line
+    on stderr, a training failure (``TrainingError``) with exit status 1 and one line."""
+    prog = os.path.basename(sys.argv[0]) or 'mxnag'
+    try:
+        return main(argv)
+    except MxnagError as err:
+        sys.stderr.write('%s: error: %s\n' % (prog, message(err)))
+        return 2
+    except TrainingError as err:
+        sys.stderr.write('%s: stopped: %s\n' % (prog, message(err)))
+        return 1

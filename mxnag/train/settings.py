@@ -1,0 +1,222 @@
+"""The settings of a training run, each defined once.
+
+``SETTINGS`` is the one table: a setting's name (the attribute of the run's arguments and
+the key of its config), its type, default and help, which recipes take it, whether it is
+written into the config of checkpoints and results, and whether ``--resume`` requires a
+checkpoint made with the same value. Everything else derives from it: the recipes'
+command-line options (``add_arguments``, flag ``--`` + the name with dashes), the config
+(``config_of``), the keys ``--resume`` compares (``RESUME_KEYS``) and the arguments of a
+run built in code (``namespace``, used by the optimizer sweep).
+"""
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import data, loop
+from ..errors import MxnagError
+
+RECIPES = ('pretrain', 'finetune')
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError('must be >= 1, got %d' % value)
+    return value
+
+
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError('must be >= 0, got %d' % value)
+    return value
+
+
+def nonnegative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError('must be >= 0, got %r' % text)
+    return value
+
+
+def epoch_list(text):
+    try:
+        return [float(x) for x in text.split(',') if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError('not a comma-separated list of epochs: %r' % text) from None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a run. ``default`` may be overridden per recipe (``defaults``);
+    ``config``: written into checkpoints and results (under ``config_key``, converted by
+    ``to_config``); ``resume``: a checkpoint made with another value cannot be resumed;
+    ``output``: a file or folder the run writes (``'file'``, ``'folder'``, ``'checkpoint'``:
+    a prefix of three files) or reads (``'input-checkpoint'``), checked before training."""
+    name: str
+    default: Any = None
+    help: Optional[str] = None
+    type: Optional[Callable] = None
+    group: str = 'training'
+    recipes: Tuple[str, ...] = RECIPES
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    config: bool = True
+    resume: bool = False
+    choices: Optional[Tuple] = None
+    action: Optional[str] = None
+    metavar: Optional[str] = None
+    required: bool = False
+    config_key: Optional[str] = None
+    to_config: Optional[Callable] = None
+    output: Optional[str] = None
+
+    @property
+    def flag(self) -> str:
+        return '--' + self.name.replace('_', '-')
+
+    @property
+    def key(self) -> str:
+        return self.config_key or self.name
+
+    def default_for(self, recipe: str) -> Any:
+        value = self.defaults.get(recipe, self.default)
+        return list(value) if isinstance(value, list) else value
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    # data
+    Setting('dataset', 'mnist', 'data set (default %(default)s)', group='data',
+            choices=tuple(sorted(data.DATASETS)), resume=True),
+    Setting('data_dir', None, 'directory holding the four IDX files (.gz or raw); default: '
+            '$MXNAG_DATA_DIR/<dataset>, ~/.mxnet/datasets/<dataset>, /usr/share/datasets/<dataset>, '
+            'else download', group='data', config=False),
+    Setting('classes', None, "classes to keep, relabelled from 0: '0-4', '3,8' (default: all)",
+            group='data', defaults={'finetune': '5-9'}, resume=True),
+    Setting('shots', None, 'k training examples per class, chosen with --seed (default: all)',
+            type=positive_int, group='data', resume=True),
+    # fine-tuning
+    Setting('pretrained', None, 'checkpoint .params from mnist_pretrain.py', group='fine-tuning',
+            recipes=('finetune',), required=True, resume=True, output='input-checkpoint'),
+    Setting('features', 'lr_mult', 'freeze the feature extractor or scale its learning rate '
+            '(default lr_mult)', group='fine-tuning', recipes=('finetune',),
+            choices=('freeze', 'lr_mult'), resume=True),
+    Setting('features_lr_mult', 0.1, 'learning-rate multiplier of the features with --features '
+            'lr_mult (default 0.1)', type=nonnegative_float, group='fine-tuning',
+            recipes=('finetune',), resume=True),
+    Setting('train_last', 0, 'keep the last K feature layers training at the full rate (default 0)',
+            type=nonnegative_int, group='fine-tuning', recipes=('finetune',), metavar='K',
+            resume=True),
+    Setting('compare_scratch', False, 'also train the same model from scratch on the same examples',
+            group='fine-tuning', recipes=('finetune',), action='store_true', config=False),
+    # training
+    Setting('model', 'lenet', 'mlp, lenet, seed-cnn or a GluonCV classifier name (default %(default)s)',
+            defaults={'finetune': None}, resume=True),
+    Setting('optimizer', 'adanag', 'any registered optimizer: adanag, adan, sgd, nag, adam, nadam, '
+            '... (default %(default)s)', resume=True),
+    Setting('lr', None, "learning rate (default: the optimizer's own default)",
+            type=nonnegative_float, resume=True),
+    Setting('opt_arg', [], 'optimizer hyperparameter, repeatable: --opt-arg beta2=0.99',
+            action='append', metavar='NAME=VALUE', config_key='opt_args',
+            to_config=loop.parse_opt_args, resume=True),
+    Setting('epochs', 3, '(default %(default)s)', type=positive_int, defaults={'finetune': 20},
+            resume=True),
+    Setting('batch_size', 128, 'global batch size (default %(default)s)', type=positive_int,
+            defaults={'finetune': 64}, resume=True),
+    Setting('lr_schedule', 'constant', None, choices=loop.SCHEDULES, resume=True),
+    Setting('warmup_epochs', 0.0, 'linear warm-up from 0, in epochs (default 0)',
+            type=nonnegative_float, resume=True),
+    Setting('lr_step_epochs', [], "for --lr-schedule step: epochs at which to multiply by "
+            "--lr-factor, '6,8'", type=epoch_list, resume=True),
+    Setting('lr_factor', 0.1, None, type=nonnegative_float, resume=True),
+    Setting('ctx', 'cpu', 'devices: cpu, cpu:0,cpu:1, gpu:0,gpu:1 (default cpu)'),
+    Setting('kvstore', 'device', 'device, local, none, or dist_sync, dist_device_sync, dist_async '
+            'under mxnag launch (default device)'),
+    Setting('seed', 0, '(default 0)', type=int, resume=True),
+    Setting('amp', False, "float16 mixed precision with MXNet's AMP and dynamic loss scaling "
+            '(GPU contexts only)', action='store_true'),
+    Setting('max_skips', 10, 'stop after this many steps in a row with a non-finite loss or '
+            'gradient (each is skipped; default 10)', type=nonnegative_int, config=False),
+    Setting('target_accuracy', None, 'stop after the first epoch whose test accuracy reaches '
+            'this (0-1)', type=float),
+    # output
+    Setting('out', None, 'results JSON (test_accuracy, history, timings, config)', group='output',
+            config=False, output='file'),
+    Setting('log', None, 'JSON-lines metrics log, appended as training goes', group='output',
+            config=False, output='file'),
+    Setting('checkpoint_dir', None, 'write a checkpoint after every epoch here', group='output',
+            config=False, output='folder'),
+    Setting('keep', 3, 'checkpoints kept in --checkpoint-dir (default 3)', type=positive_int,
+            group='output', config=False),
+    Setting('resume', False, 'continue from the newest good checkpoint in --checkpoint-dir',
+            group='output', action='store_true', config=False),
+    Setting('no_progress', False, 'no progress bar', group='output', action='store_true',
+            config=False),
+    Setting('save', None, 'write the final checkpoint to this .params path', group='output',
+            recipes=('pretrain',), config=False, output='checkpoint'),
+)
+BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+# Changing any of these makes a checkpoint of the run unusable for --resume.
+RESUME_KEYS: Tuple[str, ...] = tuple(s.key for s in SETTINGS if s.resume)
+
+
+def of(recipe: str) -> List[Setting]:
+    """The settings ``recipe`` takes, in the table's order."""
+    if recipe not in RECIPES:
+        raise MxnagError('recipe: %r is not one of %s' % (recipe, ', '.join(RECIPES)),
+                         arguments=('recipe',))
+    return [s for s in SETTINGS if recipe in s.recipes]
+
+
+def add_arguments(parser: argparse.ArgumentParser, recipe: str) -> argparse.ArgumentParser:
+    """Add ``recipe``'s settings to ``parser`` as options, in groups; the parsed namespace
+    records the recipe (``args.recipe``)."""
+    groups = {}
+    for s in of(recipe):
+        if s.group not in groups:
+            groups[s.group] = parser.add_argument_group(s.group)
+        kwargs = {'default': s.default_for(recipe), 'help': s.help}
+        if s.action:
+            kwargs['action'] = s.action
+            if s.action == 'store_true':
+                del kwargs['default']
+        for attr in ('type', 'choices', 'metavar'):
+            if getattr(s, attr) is not None:
+                kwargs[attr] = getattr(s, attr)
+        if s.required:
+            kwargs['required'] = True
+            del kwargs['default']
+        groups[s.group].add_argument(s.flag, **kwargs)
+    parser.set_defaults(recipe=recipe)
+    return parser
+
+
+def namespace(recipe: str = 'pretrain', **values) -> argparse.Namespace:
+    """The arguments of a ``recipe`` run built in code: every setting at its default,
+    ``values`` replacing some; a name that is not a setting of ``recipe`` raises."""
+    names = {s.name: s for s in of(recipe)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise MxnagError('%s: not a setting of the %s recipe' % (unknown[0], recipe),
+                         arguments=(unknown[0],))
+    args = argparse.Namespace(recipe=recipe)
+    for name, s in names.items():
+        setattr(args, name, values[name] if name in values else s.default_for(recipe))
+    return args
+
+
+def config_of(args: argparse.Namespace, **extra) -> dict:
+    """The config written into checkpoints and results: every config setting (None where
+    ``args.recipe`` does not take it), then ``extra`` (e.g. ``num_classes``)."""
+    taken = {s.name for s in of(args.recipe)}
+    config = {}
+    for s in SETTINGS:
+        if s.config:
+            value = getattr(args, s.name) if s.name in taken else None
+            config[s.key] = s.to_config(value) if s.to_config and value is not None else value
+    config.update(extra)
+    return config
+
+
+def flag_of(name: str) -> str:
+    """The command-line option of setting ``name`` (``max_skips`` -> ``--max-skips``)."""
+    return BY_NAME[name].flag if name in BY_NAME else name
