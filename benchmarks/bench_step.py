@@ -33,11 +33,21 @@ import sys
 import tempfile
 import time
 
-# Arrays of the parameter's size each update reads + writes (it reads all it writes).
+# Arrays of the parameter's size each update reads + writes (it reads all it writes);
+# an mxnag rule reads the weight, the gradient and its states and writes the weight and
+# its states (bytes_moved).
 BYTES_MOVED = {  # name: (reads, writes)
-    'adanag': (4, 3), 'adan': (6, 5), 'adam': (4, 3), 'nadam': (4, 3),
-    'sgd_momentum': (3, 2), 'nag': (3, 2), 'copy': (1, 1),
+    'adam': (4, 3), 'nadam': (4, 3), 'sgd_momentum': (3, 2), 'nag': (3, 2), 'copy': (1, 1),
 }
+
+
+def bytes_moved(algorithm):
+    """(reads, writes) of ``algorithm``: an MXNet one, or an mxnag optimizer by name."""
+    if algorithm in BYTES_MOVED:
+        return BYTES_MOVED[algorithm]
+    from mxnag.optim import optimizers
+    states = len(optimizers()[algorithm].rule.states)
+    return 2 + states, 1 + states
 
 # PyTorch's side: a process that times its cases on request (one JSON line in: case and
 # number of steps; one line out: the seconds of each step), so that its turns interleave
@@ -173,7 +183,7 @@ class Problem:
         targets = [mx.nd.zeros(s) for s in self.shapes]
         steps = {'copy (MXNet copyto)': lambda: [w.copyto(t) for w, t in zip(self.weights, targets)]}
         if fused_cpu.available():
-            steps['copy (mxnag threads)'] = lambda: [fused_cpu.copy(w, t)
+            steps['copy (mxnag threads)'] = lambda: [copy(w, t)
                                                     for w, t in zip(self.weights, targets)]
         return steps
 
@@ -188,7 +198,7 @@ class Problem:
         steps = {}
         for writes in sorted({w for _, w in BYTES_MOVED.values() if w > 1}):
             targets = [mx.nd.zeros((self.size,)) for _ in range(writes)]
-            steps[writes] = lambda targets=targets: fused_cpu.stream(source, targets)
+            steps[writes] = lambda targets=targets: stream(source, targets)
         return steps
 
 
@@ -205,12 +215,12 @@ def mxnet_cases(problem, queue):
     import mxnet as mx
     import mxnag  # noqa: F401  (registers the optimizers)
     from mxnag.kernels import fused_cpu
+    from mxnag.optim import optimizers
     cases = {}
     if fused_cpu.available():
-        cases['mxnag adanag (fused)'] = ('adanag', problem.updater_step(
-            mx.optimizer.create('adanag', learning_rate=1e-3)))
-        cases['mxnag adan (fused)'] = ('adan', problem.updater_step(
-            mx.optimizer.create('adan', learning_rate=1e-3)))
+        for name in sorted(optimizers()):
+            cases['mxnag %s (fused)' % name] = (name, problem.updater_step(
+                mx.optimizer.create(name, learning_rate=1e-3)))
         if len(problem.shapes) > 1:
             cases['mxnag adanag (fused, aggregate_num=4)'] = ('adanag', problem.updater_step(
                 mx.optimizer.create('adanag', learning_rate=1e-3, aggregate_num=4)))
@@ -239,19 +249,32 @@ def mxnet_cases(problem, queue):
 def _composed(problem, name):
     """A step with the fused path switched off for its duration."""
     import mxnet as mx
+    from mxnag import kernels
     inner = problem.updater_step(mx.optimizer.create(name, learning_rate=1e-3))
 
     def step():
-        saved = os.environ.get('MXNAG_FUSED')
-        os.environ['MXNAG_FUSED'] = '0'
+        kernels.set_fused(False)
         try:
             inner()
         finally:
-            if saved is None:
-                del os.environ['MXNAG_FUSED']
-            else:
-                os.environ['MXNAG_FUSED'] = saved
+            kernels.set_fused(True)
     return step
+
+
+def copy(src, dst):
+    """``dst[:] = src`` with the fused operators' threads (operator ``mxnag_copy``)."""
+    from mxnag.kernels import fused_cpu
+    fused_cpu.invoke('mxnag_copy', [src], [], [], [dst])
+
+
+def stream(source, targets):
+    """``t += source`` for every float32 array ``t`` of ``targets`` (1 to 5, the shape of
+    ``source``), in one pass with the fused operators' threads (operator
+    ``mxnag_stream``): the memory traffic of an update that reads ``source`` and reads
+    and writes ``targets``, without its maths (the benchmark's bandwidth floor)."""
+    from mxnag.kernels import fused_cpu
+    fused_cpu.invoke('mxnag_stream', [targets[0], source] + list(targets[1:]), ['targets'],
+                     [str(len(targets))], [targets[0]])
 
 
 # The name of the floor rows, by arrays read and written.
@@ -265,7 +288,7 @@ def run_problem(label, shapes, rounds, repeats, warmup, with_torch, queue):
     problem = Problem(shapes)
     timers = {}  # name -> (kind, (arrays read, arrays written), steps(count) -> seconds)
     for name, (algorithm, step, queued) in mxnet_cases(problem, queue).items():
-        timers[name] = ('copy' if algorithm == 'copy' else 'update', BYTES_MOVED[algorithm],
+        timers[name] = ('copy' if algorithm == 'copy' else 'update', bytes_moved(algorithm),
                         lambda count, step=step, queued=queued: mxnet_steps(step, count, queued))
     for writes, step in problem.floor_steps().items():
         timers[FLOOR % (writes + 1, writes)] = (
@@ -406,9 +429,6 @@ def _torch_fused_adam(rows):
     return [name for name in rows if name.startswith('torch Adam (fused')]
 
 
-CUPY_KERNELS = ('adanag', 'adan')
-
-
 def cupy_cases(size, repeats, warmup):
     """The CUDA kernels of src/fused_cuda.cu run by CuPy on one float32 tensor of ``size``
     elements, timed with CUDA events, next to a device-to-device copy of the same bytes;
@@ -420,7 +440,9 @@ def cupy_cases(size, repeats, warmup):
     except Exception:  # noqa: BLE001  (no CuPy, no driver, no device)
         return {}
     from mxnag.kernels import cuda
-    module = cupy.RawModule(code=cuda.source())
+    from mxnag.optim import optimizers
+    rules = {cls.rule.name: cls.rule for cls in optimizers().values()}
+    module = cupy.RawModule(code=cuda.source(*rules.values()))
 
     def timed(launch):
         start, stop = cupy.cuda.Event(), cupy.cuda.Event()
@@ -439,13 +461,13 @@ def cupy_cases(size, repeats, warmup):
     rows['copy (cupy)'] = {'algorithm': 'copy', 'ms': timed(lambda: dst.__setitem__(Ellipsis, src))}
     shared = {'rescale_grad': 1.0, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.999,
               'beta3': 0.99, 'epsilon': 1e-8}
-    for algorithm in CUPY_KERNELS:
-        kernel = module.get_function(cuda.kernel_name(algorithm, 'float32'))
-        states = [cupy.zeros(size, cupy.float32) for _ in cuda._STATES[algorithm]]
-        coefs = {name: 1e-3 for name in cuda._PER_TENSOR[algorithm]}
+    for algorithm, rule in sorted(rules.items()):
+        kernel = module.get_function(cuda.kernel_name(rule, 'float32'))
+        states = [cupy.zeros(size, cupy.float32) for _ in rule.states]
+        coefs = {name: 1e-3 for name in rule.per_tensor}
         coefs.update(wd_into_grad=0.0, weight_scale=1.0, var_scale=1.0, sq_scale=1.0,
                      weight_divisor=1.0, first_step=0)
-        args = tuple(cuda.kernel_arguments(algorithm, [(src, dst, states, None, size, coefs)], shared))
+        args = tuple(cuda.kernel_arguments(rule, [(src, dst, states, None, size, coefs)], shared))
         grid, block = cuda.launch_shape([size])
         rows['CUDA %s (cupy)' % algorithm] = {
             'algorithm': algorithm, 'ms': timed(lambda: kernel(grid, block, args))}
@@ -453,7 +475,7 @@ def cupy_cases(size, repeats, warmup):
     copy_bandwidth = 2 * 4 * size / (rows['copy (cupy)']['ms'] * 1e-3)
     reference = rows.get('CUDA adanag (cupy)', {}).get('ms')
     for row in rows.values():
-        reads, writes = BYTES_MOVED[row.pop('algorithm')]
+        reads, writes = bytes_moved(row.pop('algorithm'))
         moved = (reads + writes) * 4 * size
         floor_ms = moved / copy_bandwidth * 1e3
         row.update(kind='copy' if row is rows['copy (cupy)'] else 'update', reads=reads,

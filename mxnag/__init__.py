@@ -1,6 +1,6 @@
 """mxnag: Nesterov-momentum optimizers with adaptive learning rates for MXNet Gluon.
 
-``import mxnag`` registers the optimizers ``'adanag'`` and ``'adan'`` with MXNet, so
+``import mxnag`` registers the optimizers ``'adanag'``, ``'adan'`` and ``'nadamw'`` with MXNet, so
 ``gluon.Trainer(net.collect_params(), 'adanag', {'learning_rate': 2e-3})`` works.
 
 A distributed kvstore server imports this package while ``mxnet`` is only half
@@ -18,6 +18,7 @@ except AttributeError as err:  # numpy >= 1.24 removed np.bool, which mxnet 1.9.
     raise ImportError(
         "mxnet 1.9.1 needs numpy<1.24 (%s): pip install 'numpy<1.24'" % err) from None
 
-from .optim import AdaNAG, Adan  # noqa: E402  (registers 'adanag' and 'adan')
+from .optim import *  # noqa: E402,F401,F403  (registers every mxnag optimizer)
+from .optim import __all__ as _optimizers  # noqa: E402
 
-__all__ = ['AdaNAG', 'Adan', '__version__']
+__all__ = list(_optimizers) + ['__version__']

@@ -79,3 +79,20 @@ def relative_error(w0, w, w_ref):
     w0 = w0.astype(np.float64)
     ref = w_ref - w0
     return float(np.linalg.norm((w.astype(np.float64) - w0) - ref) / np.linalg.norm(ref))
+
+
+def nadamw(w0, grads, lrs, wd=0.0, beta1=0.9, beta2=0.999, epsilon=1e-8, rescale=1.0, clip=None):
+    """NAdamW with constant momentum (the AlgoPerf baseline, timm's NAdamW), as written in
+    issue 12: decoupled decay, then Adam's moments and the look-ahead step."""
+    w = w0.astype(np.float64).copy()
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for k, (grad, lr) in enumerate(zip(grads, lrs)):
+        t = k + 1
+        g = _prep(grad, w, rescale, 0.0, clip)
+        w = w * (1 - lr * wd)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w = w - lr / (1 - beta1 ** t) * (beta1 * m + (1 - beta1) * g) / (
+            np.sqrt(v / (1 - beta2 ** t)) + epsilon)
+    return w

@@ -8,11 +8,14 @@ import mxnet as mx
 import pytest
 
 import mxnag
-from mxnag import AdaNAG, Adan
+from mxnag import AdaNAG
+
+from optimizers import OPTIMIZERS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('name,cls', [('adanag', AdaNAG), ('adan', Adan)])
+@pytest.mark.parametrize('name,cls', [(info.name, info.cls) for info in OPTIMIZERS])
 def test_registered_and_created_by_name(name, cls):
     assert mx.optimizer.Optimizer.opt_registry[name] is cls
     opt = mx.optimizer.create(name.upper(), learning_rate=0.1, wd=0.01, rescale_grad=0.5,
@@ -21,13 +24,14 @@ def test_registered_and_created_by_name(name, cls):
     assert isinstance(opt, cls) and opt.lr == 0.1 and opt.wd == 0.01 and opt.num_update == 3
 
 
-def test_defaults():
-    opt = AdaNAG()
-    assert (opt.lr, opt.beta1, opt.beta2, opt.epsilon, opt.momentum_decay, opt.decoupled_wd) == \
-        (0.002, 0.9, 0.999, 1e-8, 0.004, True)
-    opt = Adan()
-    assert (opt.lr, opt.beta1, opt.beta2, opt.beta3, opt.epsilon, opt.no_prox) == \
-        (0.001, 0.98, 0.92, 0.99, 1e-8, False)
+@pytest.mark.parametrize('info', OPTIMIZERS, ids=lambda info: info.name)
+def test_defaults(info):
+    opt = info.cls()
+    assert {name: getattr(opt, name) for name in info.defaults} == info.defaults
+
+
+def test_every_registered_mxnag_optimizer_is_in_the_tests_table():
+    assert sorted(mxnag.optim.optimizers()) == sorted(info.name for info in OPTIMIZERS)
 
 
 def test_scheduler_base_lr_is_kept_when_no_learning_rate_given():
@@ -35,31 +39,21 @@ def test_scheduler_base_lr_is_kept_when_no_learning_rate_given():
     assert AdaNAG(lr_scheduler=scheduler).learning_rate == 0.3
 
 
-BAD_VALUES = [
-    ('adanag', 'beta1', 1.0), ('adanag', 'beta1', -0.1), ('adanag', 'beta2', 1.5),
-    ('adanag', 'epsilon', 0.0), ('adanag', 'momentum_decay', -1e-3),
-    ('adanag', 'learning_rate', -1.0), ('adanag', 'wd', -0.1), ('adanag', 'rescale_grad', 0.0),
-    ('adanag', 'clip_gradient', -1.0), ('adanag', 'learning_rate', float('nan')),
-    ('adan', 'beta1', 1.0), ('adan', 'beta2', -0.5), ('adan', 'beta3', 2.0),
-    ('adan', 'epsilon', -1e-8), ('adan', 'wd', -1.0), ('adan', 'learning_rate', -0.1),
-]
-
-
-@pytest.mark.parametrize('name,arg,value', BAD_VALUES)
+@pytest.mark.parametrize('name,arg,value', [(info.name, arg, value) for info in OPTIMIZERS
+                                            for arg, value in info.bad_values])
 def test_bad_hyperparameter_is_a_value_error_naming_it(name, arg, value):
     with pytest.raises(ValueError, match=r'%s must be in' % arg):
         mx.optimizer.create(name, **{arg: value})
 
 
-@pytest.mark.parametrize('name,arg,value', [
-    ('adanag', 'beta1', '0.9'), ('adanag', 'decoupled_wd', 'yes'), ('adan', 'no_prox', 1),
-    ('adanag', 'multi_precision', 'True'), ('adan', 'epsilon', None)])
+@pytest.mark.parametrize('name,arg,value', [(info.name, arg, value) for info in OPTIMIZERS
+                                            for arg, value in info.bad_types])
 def test_bad_type_is_a_type_error_naming_it(name, arg, value):
     with pytest.raises(TypeError, match=arg):
         mx.optimizer.create(name, **{arg: value})
 
 
-@pytest.mark.parametrize('name', ['adanag', 'adan'])
+@pytest.mark.parametrize('name', [info.name for info in OPTIMIZERS])
 def test_misspelled_keyword_is_a_type_error(name):
     with pytest.raises(TypeError, match="unexpected keyword argument 'betas'"):
         mx.optimizer.create(name, betas=(0.9, 0.99))
@@ -70,16 +64,21 @@ def test_bad_begin_num_update():
         AdaNAG(begin_num_update=-1)
 
 
-@pytest.mark.parametrize('cls', [AdaNAG, Adan])
+@pytest.mark.parametrize('cls', [info.cls for info in OPTIMIZERS])
 def test_pickles(cls):
     opt = cls(learning_rate=0.05, wd=0.1)
     clone = pickle.loads(pickle.dumps(opt))
     assert type(clone) is cls and clone.lr == 0.05 and clone.wd == 0.1
 
 
-def test_docstrings_carry_equations_and_references():
-    assert 'mu_next' in AdaNAG.__doc__ and 'Dozat' in sys.modules[AdaNAG.__module__].__doc__
-    assert 'g_prev' in Adan.__doc__ and '2208.06677' in sys.modules[Adan.__module__].__doc__
+@pytest.mark.parametrize('info', OPTIMIZERS, ids=lambda info: info.name)
+def test_docstrings_carry_equations_parameters_and_references(info):
+    """Each class docstring gives the update at step t and every hyperparameter; each
+    module's docstring its references."""
+    doc = info.cls.__doc__
+    assert 'At a parameter\'s step ``t``' in doc and 'Parameters' in doc
+    assert all(name in doc for name in info.defaults if name != 'lr')
+    assert 'References' in sys.modules[info.cls.__module__].__doc__
 
 
 def test_import_without_mxnet_says_which_extra_to_install():

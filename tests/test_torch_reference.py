@@ -12,7 +12,7 @@ import pytest
 
 import mxnag  # noqa: F401
 from reference import relative_error
-from test_optim import FLOAT32_BOUND, run_updater, random_problem
+from optimizers import FLOAT32_BOUND, random_problem, run_updater
 
 TORCH_SCRIPT = textwrap.dedent('''
     import sys, numpy as np, torch

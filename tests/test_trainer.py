@@ -6,8 +6,9 @@ from mxnet import autograd, gluon
 
 import mxnag  # noqa: F401
 
-OPTIMIZERS = {'adanag': {'learning_rate': 0.01, 'wd': 0.01},
-              'adan': {'learning_rate': 0.01, 'wd': 0.01}}
+from optimizers import OPTIMIZERS as TABLE
+
+OPTIMIZERS = {info.name: info.trainer_args for info in TABLE}
 STEPS = 8
 
 

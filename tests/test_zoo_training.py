@@ -16,12 +16,12 @@ from mxnet import autograd, gluon, nd
 import mxnag  # noqa: F401
 from mxnag import kernels
 from mxnag.train import models
-from mxnag.kernels import fused_cpu
+from mxnag.kernels import composed, fused_cpu
 
 from conftest import ROOT
+from optimizers import OPTIMIZERS as TABLE
 
-OPTIMIZERS = {'adanag': {'learning_rate': 0.01, 'wd': 0.01},
-              'adan': {'learning_rate': 0.01, 'wd': 0.01}}
+OPTIMIZERS = {info.name: info.trainer_args for info in TABLE}
 MODELS = ['mlp', 'lenet', 'seed-cnn', 'resnet18_v1', 'resnet18_v2', 'mobilenetv2_0.25']
 STEPS = 3
 
@@ -34,7 +34,7 @@ def fused(monkeypatch):
     ``mode(True, check=True)`` also runs every fused group's step on copies of its
     inputs through the composed path and compares (see ``_checked``)."""
     calls = {'fused-cpu': 0, 'composed': 0, 'checked': []}
-    real_fused, real_composed = fused_cpu.update, kernels._composed_update
+    real_fused, real_composed = fused_cpu.update, composed.update
     settings = {'check': False}
 
     def counted_fused(*args):
@@ -48,10 +48,10 @@ def fused(monkeypatch):
         return real_composed(*args)
 
     monkeypatch.setattr(fused_cpu, 'update', counted_fused)
-    monkeypatch.setattr(kernels, '_composed_update', counted_composed)
+    monkeypatch.setattr(composed, 'update', counted_composed)
 
     def mode(on, check=False):
-        monkeypatch.setenv('MXNAG_FUSED', '1' if on else '0')
+        monkeypatch.setattr(fused_cpu, 'FORCED_OFF', not on)
         settings['check'] = check
         calls.update({'fused-cpu': 0, 'composed': 0, 'checked': []})
         return calls
@@ -208,7 +208,7 @@ def test_blocked_layout_weight_is_updated_in_place_exactly(rng):
                  beta1=0.9, beta2=0.999, epsilon=1e-8, grad_coef=0.01, mean_coef=0.02,
                  var_scale=1.5)
     assert kernels.backend_for(weight) == 'fused-cpu'
-    kernels.adanag_update(weight, grad, mean, var, **coefs)
+    kernels.update(mxnag.AdaNAG.rule, weight, grad, (mean, var), coefs)
     g64, w64 = 0.5 * g.astype(np.float64), w0.astype(np.float64)
     m = 0.9 * 0.1 * g + 0.1 * g64
     v = 0.999 * 0.2 * g.astype(np.float64) ** 2 + 0.001 * g64 ** 2
@@ -222,9 +222,9 @@ ADANAG_COEFS = dict(rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999
 
 def _group_update(weights, grads, states):
     n = len(weights)
-    kernels.multi_adanag_update(weights, grads, states, wd_into_grad=[0.0] * n,
-                                weight_scale=[1.0] * n, grad_coef=[0.01] * n, mean_coef=[0.02] * n,
-                                var_scale=[1.0] * n, **ADANAG_COEFS)
+    kernels.multi_update(mxnag.AdaNAG.rule, weights, grads, states,
+                         dict(ADANAG_COEFS, wd_into_grad=[0.0] * n, weight_scale=[1.0] * n,
+                              grad_coef=[0.01] * n, mean_coef=[0.02] * n, var_scale=[1.0] * n))
 
 
 @pytest.mark.parametrize('order', [('float32', 'float64'), ('float64', 'float32')])

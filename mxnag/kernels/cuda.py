@@ -3,7 +3,7 @@ through ``mx.rtc.CudaModule`` (present in the mxnet-cu112 build) and launched on
 weight's context, on MXNet's stream for it, ordered by MXNet's engine (``const`` pointers
 are read dependencies, the others write dependencies).
 
-src/fused_cuda.cu holds the maths (one device function per algorithm); the ``__global__``
+src/fused_cuda.cu holds the maths (one device function per step rule); the ``__global__``
 entry points are written here (``source``), from the same table as the signatures and
 argument lists ``mx.rtc`` gets, so the three cannot disagree. An entry point updates up
 to ``COUNTS[0]`` tensors in one launch (``blockIdx.y`` picks the tensor): ``mx.rtc``
@@ -13,16 +13,19 @@ its stream after every launch (src/common/rtc.cc), on the engine's GPU worker, n
 caller's thread: a group of parameters pays that once per launch of up to 8 tensors,
 not once per tensor.
 
+Everything an entry point needs to know of an optimizer comes from its step rule
+(``StepRule``: name, states, scalars); a rule's module holds the source and the entry
+points of that rule and is compiled when a GPU first updates with it.
 ``kernel_name``/``kernel_signature``/``kernel_arguments``/``source`` are plain Python (no
 MXNet), so the tests run the same source with the same argument lists through CuPy, and
 on the CPU through tests/cuda_host_emulation.cc.
 """
+import functools
 import os
 
 import numpy
 
 from ._once import Once
-from .fused_cpu import ALGORITHMS
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'src', 'fused_cuda.cu')
 THREADS_PER_BLOCK = 256
@@ -32,31 +35,35 @@ COUNTS = (8, 4, 2, 1)  # tensors per launch that entry points exist for, largest
 _DTYPE_SUFFIX = {'float32': 'f32', 'float64': 'f64', 'float16': 'f16mp'}
 _SCALAR_TYPE = {'float32': 'float', 'float64': 'double', 'float16': 'float'}
 _C_TYPE = {'__half': 'mxnag_half_bits', 'int64_t': 'long long'}  # mx.rtc's names -> the source's
-_STATES = {'adanag': ('mean', 'var'), 'adan': ('mean', 'diff_mean', 'sq_mean', 'prev_grad')}
-_SHARED = {name: spec[2] for name, spec in ALGORITHMS.items()}  # scalars of the whole launch
-_PER_TENSOR = {name: spec[3] for name, spec in ALGORITHMS.items()}  # scalars of each tensor
-_INT_SCALARS = ('first_step',)
 
 
-def source() -> str:
-    """The CUDA source of every kernel: src/fused_cuda.cu and the entry points."""
-    with open(SOURCE_PATH) as f:
-        text = f.read()
-    entries = [_entry_point(algorithm, dtype, count) for algorithm in sorted(ALGORITHMS)
+def source(*rules) -> str:
+    """The CUDA source of the kernels of ``rules``: src/fused_cuda.cu and their entry points."""
+    entries = [_entry_point(rule, dtype, count) for rule in rules
                for dtype in sorted(_DTYPE_SUFFIX) for count in COUNTS]
-    return text + '\n// Entry points, written by mxnag/kernels/cuda.py.\n' + '\n'.join(entries)
+    return _kernel_source() + '\n// Entry points, written by mxnag/kernels/cuda.py.\n' + '\n'.join(entries)
 
 
-def kernel_names():
-    """The name of every entry point of ``source()``."""
-    return [kernel_name(a, d, c) for a in sorted(ALGORITHMS) for d in sorted(_DTYPE_SUFFIX)
-            for c in COUNTS]
+@functools.lru_cache(maxsize=1)
+def _kernel_source():
+    with open(SOURCE_PATH) as f:
+        return f.read()
 
 
-def kernel_name(algorithm: str, dtype: str, count: int = 1) -> str:
-    """``mxnag_<algorithm>_<f32|f64|f16mp>``, with ``_x<count>`` for ``count`` tensors per
+def supports(rule) -> bool:
+    """Whether src/fused_cuda.cu has ``rule``'s device function (``mxnag_<name>_body``)."""
+    return 'mxnag_%s_body' % rule.name in _kernel_source()
+
+
+def kernel_names(*rules):
+    """The name of every entry point of ``source(*rules)``, in its order."""
+    return [kernel_name(rule, d, c) for rule in rules for d in sorted(_DTYPE_SUFFIX) for c in COUNTS]
+
+
+def kernel_name(rule, dtype: str, count: int = 1) -> str:
+    """``mxnag_<rule>_<f32|f64|f16mp>``, with ``_x<count>`` for ``count`` tensors per
     launch; float16 means float16 weights with float32 master weights and states."""
-    name = 'mxnag_%s_%s' % (algorithm, _DTYPE_SUFFIX[dtype])
+    name = 'mxnag_%s_%s' % (rule.name, _DTYPE_SUFFIX[dtype])
     return name if count == 1 else '%s_x%d' % (name, count)
 
 
@@ -65,7 +72,7 @@ def _suffix(k, count):
     return '_%d' % k if count > 1 else ''
 
 
-def _parameters(algorithm, dtype, count):
+def _parameters(rule, dtype, count):
     """[(mx.rtc type with '*' for arrays and 'const ' for inputs, name)] of an entry point:
     each tensor's arrays, the shared scalars, each tensor's scalars, each tensor's size."""
     scalar = _SCALAR_TYPE[dtype]
@@ -74,27 +81,27 @@ def _parameters(algorithm, dtype, count):
         suffix = _suffix(k, count)
         params.append(('const %s *' % ('__half' if dtype == 'float16' else scalar), 'grad' + suffix))
         params.append(('%s *' % scalar, 'weight' + suffix))
-        params += [('%s *' % scalar, state + suffix) for state in _STATES[algorithm]]
+        params += [('%s *' % scalar, state + suffix) for state in rule.states]
         if dtype == 'float16':
             params.append(('__half *', 'weight16' + suffix))
-    params += [(scalar, name) for name in _SHARED[algorithm]]
+    params += [(scalar, name) for name in rule.shared]
     for k in range(count):
-        params += [('int' if name in _INT_SCALARS else scalar, name + _suffix(k, count))
-                   for name in _PER_TENSOR[algorithm]]
+        params += [('int' if name in rule.flags else scalar, name + _suffix(k, count))
+                   for name in rule.per_tensor]
     params += [('int64_t', 'n' + _suffix(k, count)) for k in range(count)]
     return params
 
 
-def kernel_signature(algorithm: str, dtype: str, count: int = 1) -> str:
+def kernel_signature(rule, dtype: str, count: int = 1) -> str:
     """The signature ``mx.rtc`` needs (``const`` pointers are inputs, ``__half`` float16)."""
     return ', '.join('%s%s' % (kind if kind.endswith('*') else kind + ' ', name)
-                     for kind, name in _parameters(algorithm, dtype, count))
+                     for kind, name in _parameters(rule, dtype, count))
 
 
-def _entry_point(algorithm, dtype, count):
-    """The ``extern "C" __global__`` function of ``kernel_name(algorithm, dtype, count)``:
+def _entry_point(rule, dtype, count):
+    """The ``extern "C" __global__`` function of ``kernel_name(rule, dtype, count)``:
     ``blockIdx.y`` picks the tensor, whose update is the device function of the source."""
-    params = _parameters(algorithm, dtype, count)
+    params = _parameters(rule, dtype, count)
     declared = []
     for kind, name in params:
         const = kind.startswith('const ')
@@ -108,10 +115,10 @@ def _entry_point(algorithm, dtype, count):
     calls = []
     for k in range(count):
         suffix = _suffix(k, count)
-        args = [a + suffix for a in ['grad', 'weight'] + list(_STATES[algorithm])]
+        args = [a + suffix for a in ['grad', 'weight'] + list(rule.states)]
         args.append('weight16' + suffix if dtype == 'float16' else '0')
-        args += list(_SHARED[algorithm]) + [n + suffix for n in _PER_TENSOR[algorithm]] + ['n' + suffix]
-        calls.append('mxnag_%s_body<%s, %s, %s>(%s);' % (algorithm, scalar, grad_type, half_out,
+        args += list(rule.shared) + [n + suffix for n in rule.per_tensor] + ['n' + suffix]
+        calls.append('mxnag_%s_body<%s, %s, %s>(%s);' % (rule.name, scalar, grad_type, half_out,
                                                          ', '.join(args)))
     if count == 1:
         body = '  ' + calls[0]
@@ -119,10 +126,10 @@ def _entry_point(algorithm, dtype, count):
         body = '  switch (blockIdx.y) {\n%s\n  }' % '\n'.join(
             '    case %d: %s break;' % (k, call) for k, call in enumerate(calls))
     return 'extern "C" __global__ void %s(%s) {\n%s\n}\n' % (
-        kernel_name(algorithm, dtype, count), ', '.join(declared), body)
+        kernel_name(rule, dtype, count), ', '.join(declared), body)
 
 
-def kernel_arguments(algorithm, tensors, shared):
+def kernel_arguments(rule, tensors, shared):
     """The argument list of an entry point for ``tensors``, in its order.
 
     ``tensors``: one ``(grad, weight, states, weight16, size, coefs)`` per tensor: its
@@ -139,12 +146,12 @@ def kernel_arguments(algorithm, tensors, shared):
         args += [grad, weight] + list(states)
         if half:
             args.append(weight16)
-    for name in _SHARED[algorithm]:
+    for name in rule.shared:
         value = shared[name]
         args.append(real(-1.0 if value is None else value) if name == 'clip_gradient' else real(value))
     for _, _, _, _, _, coefs in tensors:
-        args += [numpy.int32(bool(coefs[name])) if name in _INT_SCALARS else real(coefs[name])
-                 for name in _PER_TENSOR[algorithm]]
+        args += [numpy.int32(bool(coefs[name])) if name in rule.flags else real(coefs[name])
+                 for name in rule.per_tensor]
     args += [numpy.int64(size) for _, _, _, _, size, _ in tensors]
     return args
 
@@ -165,31 +172,37 @@ def split(count):
     return launches
 
 
-def _compile():
+def _compile(rule):
     from mxnet import rtc  # the CPU build has no CudaModule: that failure means fall back
-    return rtc.CudaModule(source())
+    return rtc.CudaModule(source(rule))
 
 
-# The compiled module, made on first use (NVRTC takes seconds), and its kernels.
-_MODULE = Once('fused GPU optimizer kernels', _compile)
+# Each rule's compiled module, made on its first GPU update (NVRTC takes seconds), and
+# the kernels got from it.
+_MODULES = {}
 _KERNELS = {}
 
 
-def available() -> bool:
-    """Whether ``mx.rtc`` compiled the kernels in this process (tried once; warns once)."""
-    return _MODULE.get() is not None
+def available(rule=None) -> bool:
+    """Whether ``mx.rtc`` compiled ``rule``'s kernels in this process (tried once per
+    rule; warns once); with no rule, whether any compiled."""
+    if rule is None:
+        return any(module.value is not None for module in _MODULES.values())
+    if rule.name not in _MODULES:
+        _MODULES[rule.name] = Once('fused GPU kernels of %s' % rule.name, lambda: _compile(rule))
+    return _MODULES[rule.name].get() is not None
 
 
-def _kernel(algorithm, dtype, count):
-    key = (algorithm, dtype, count)
+def _kernel(rule, dtype, count):
+    key = (rule.name, dtype, count)
     if key not in _KERNELS:
-        _KERNELS[key] = _MODULE.value.get_kernel(kernel_name(algorithm, dtype, count),
-                                                 kernel_signature(algorithm, dtype, count))
+        _KERNELS[key] = _MODULES[rule.name].value.get_kernel(kernel_name(rule, dtype, count),
+                                                             kernel_signature(rule, dtype, count))
     return _KERNELS[key]
 
 
-def update(algorithm, weights, grads, states, masters, shared, per_tensor):
-    """One fused step of ``algorithm`` for a group of parameters on one GPU context; same
+def update(rule, weights, grads, states, masters, shared, per_tensor):
+    """One fused step of ``rule`` for a group of parameters on one GPU context; same
     arguments as ``fused_cpu.update``. Launches up to 8 tensors of one dtype at a time.
     Never synchronises with the host."""
     by_dtype = {}
@@ -209,5 +222,5 @@ def update(algorithm, weights, grads, states, masters, shared, per_tensor):
                 else:
                     tensors.append((grads[k], weights[k], states[k], None, size, coefs))
             grid, block = launch_shape([tensor[4] for tensor in tensors])
-            _kernel(algorithm, dtype, count).launch(kernel_arguments(algorithm, tensors, shared),
-                                                    weights[chunk[0]].context, grid, block)
+            _kernel(rule, dtype, count).launch(kernel_arguments(rule, tensors, shared),
+                                               weights[chunk[0]].context, grid, block)

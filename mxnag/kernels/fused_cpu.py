@@ -1,7 +1,7 @@
 """The fused CPU operators: loading the built library into MXNet (lazily, once per
 process) and calling its operators on groups of parameters.
 
-The library registers ``mxnag_adanag_update`` and ``mxnag_adan_update`` with MXNet's
+The library registers one operator per step rule, ``mxnag_<rule>_update``, with MXNet's
 extension-library interface. They are invoked directly through MXNet's imperative-invoke
 entry point (the one every ``mx.nd`` operator uses), so loading needs only
 ``mxnet.base`` and ``mxnet.ndarray`` (a kvstore server has no more), not the regeneration
@@ -15,21 +15,18 @@ import numpy
 from . import build as _build
 from ._once import Once
 
-ALGORITHMS = {
-    # name: (operator, number of state arrays, group-wide attributes, per-tensor attributes)
-    'adanag': ('mxnag_adanag_update', 2,
-               ('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'epsilon'),
-               ('wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale')),
-    'adan': ('mxnag_adan_update', 4,
-             ('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon'),
-             ('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_scale', 'weight_divisor')),
-}
-# The attribute names of an update call, in order (the values: a Python float's repr
-# round-trips a double, and strtod reads 'inf' and 'nan').
-_KEYS = {name: ['num_weights', 'multi_precision'] + list(shared) + list(per_tensor)
-         for name, (_, _, shared, per_tensor) in ALGORITHMS.items()}
-OPERATORS = ('mxnag_adanag_update', 'mxnag_adan_update', 'mxnag_copy', 'mxnag_stream',
-             'mxnag_probe')
+# The attribute names of an update call (the values: a Python float's repr round-trips
+# a double, and strtod reads 'inf' and 'nan'); the rule gives the rest of them.
+_LAYOUT_KEYS = ['num_weights', 'multi_precision']
+
+
+def _forced_off_by_environment():
+    return os.environ.get('MXNAG_FUSED', '1').strip().lower() in ('0', 'false', 'off', 'no')
+
+
+# MXNAG_FUSED=0 (or false/off/no) when mxnag is imported: use the composed backend.
+# Read once; kernels.set_fused changes it for the process.
+FORCED_OFF = _forced_off_by_environment()
 
 
 def _build_and_load():
@@ -42,21 +39,41 @@ _LIBRARY = Once('fused CPU optimizer kernels', _build_and_load)
 
 
 def forced_off() -> bool:
-    """``MXNAG_FUSED=0`` (or false/off/no) forces the composed NDArray fallback."""
-    return os.environ.get('MXNAG_FUSED', '1').strip().lower() in ('0', 'false', 'off', 'no')
+    """Whether the composed backend is forced (``MXNAG_FUSED=0``, ``kernels.set_fused``)."""
+    return FORCED_OFF
 
 
 def available() -> bool:
     """Whether the fused operators can run in this process: builds and loads the library
     on the first call; on failure warns once and returns False from then on."""
-    return not forced_off() and _LIBRARY.get() is not None
+    return not FORCED_OFF and _LIBRARY.get() is not None
+
+
+def supports(rule) -> bool:
+    """Whether the library has the operator of ``rule`` (``mxnag_<name>_update``)."""
+    return _handle('mxnag_%s_update' % rule.name) is not None
+
+
+def _handle(name):
+    """The MXNet handle of operator ``name`` (None if there is none), once looked up."""
+    from mxnet.base import MXNetError
+    if _LIBRARY.value is None:
+        return None
+    handles = _LIBRARY.value[1]
+    if name not in handles:
+        try:
+            handles[name] = _op_handle(name)
+        except MXNetError:
+            handles[name] = None
+    return handles[name]
 
 
 def status() -> dict:
     """Whether the fused path is active and, if not, why (for ``python -m mxnag.kernels.ops info``)."""
     path = _LIBRARY.value[0] if _LIBRARY.value is not None else None
-    if forced_off():
-        return {'active': False, 'reason': 'MXNAG_FUSED=%s' % os.environ['MXNAG_FUSED'], 'path': path}
+    if FORCED_OFF:
+        return {'active': False, 'reason': 'forced off (MXNAG_FUSED=%s or kernels.set_fused)'
+                % os.environ.get('MXNAG_FUSED'), 'path': path}
     return {'active': _LIBRARY.value is not None, 'reason': _LIBRARY.reason, 'path': path,
             'tried': _LIBRARY.tried}
 
@@ -70,22 +87,28 @@ def _op_handle(name):
 
 def _load(path):
     """Register the library's operators with MXNet (unless this process already did, e.g.
-    through ``mx.library.load``) and return their handles."""
+    through ``mx.library.load``) and return a cache of operator handles; the operators
+    are looked up when first used (``_handle``)."""
     from mxnet.base import _LIB, MXNetError, c_str, check_call, mx_uint
     try:
-        handles = {name: _op_handle(name) for name in OPERATORS}
+        _op_handle(_PROBE)
     except MXNetError:  # not registered yet
         check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
-        handles = {name: _op_handle(name) for name in OPERATORS}
-    handles['Reshape'] = ctypes.c_void_p(_op_handle('Reshape'))  # MXNet's, for to_default_layout
-    return handles
+    # MXNet's Reshape, for to_default_layout
+    return {_PROBE: _op_handle(_PROBE), 'Reshape': ctypes.c_void_p(_op_handle('Reshape'))}
+
+
+_PROBE = 'mxnag_probe'  # every build of the library has it
 
 
 def invoke(name, inputs, keys, values, out):
     """Call operator ``name`` of the library imperatively (asynchronously, like any
     ``mx.nd`` operator); ``out`` is written in place."""
     from mxnet.ndarray._internal import _imperative_invoke
-    _imperative_invoke(_LIBRARY.value[1][name], inputs, keys, values, out, False, True)
+    handle = _handle(name)
+    if handle is None:
+        raise ValueError('the fused CPU library has no operator %r' % name)
+    _imperative_invoke(handle, inputs, keys, values, out, False, True)
 
 
 def to_default_layout(weights):
@@ -122,16 +145,15 @@ def to_default_layout(weights):
 _SHAPE_KEY = (ctypes.c_char_p * 1)(b'shape')
 
 
-def update(algorithm, weights, grads, states, masters, shared, per_tensor):
-    """One fused step of ``algorithm`` for a group of parameters on one CPU context.
+def update(rule, weights, grads, states, masters, shared, per_tensor):
+    """One fused step of ``rule`` for a group of parameters of one dtype on one CPU context.
 
     ``states[k]`` is the tuple of state arrays of weight k; ``masters`` is None or, for
-    float16 weights, their float32 master weights; ``shared`` maps the group-wide
-    attributes to numbers, ``per_tensor`` the per-tensor ones to sequences. Weights in
+    float16 weights, their float32 master weights; ``shared`` maps the rule's group-wide
+    scalars to numbers, ``per_tensor`` its per-tensor ones to sequences. Weights in
     oneDNN's layouts are accepted (``to_default_layout``); gradients are too (MXNet gives
     an extension operator a default-layout copy of such an input).
     """
-    operator, _, shared_names, tensor_names = ALGORITHMS[algorithm]
     if masters is None and weights[0].dtype is numpy.float32:  # a group has one dtype
         to_default_layout(weights)
     inputs = []
@@ -142,11 +164,11 @@ def update(algorithm, weights, grads, states, masters, shared, per_tensor):
         if masters is not None:
             inputs.append(masters[k])
     values = [str(len(weights)), '1' if masters is not None else '0']
-    for name in shared_names:
+    for name in rule.shared:
         value = shared[name]
         values.append(repr(-1.0 if value is None else float(value)))  # clip_gradient None: off
-    texts = {}  # number -> its text: a group's parameters mostly share their coefficients
-    for name in tensor_names:
+    texts = {}  # number -> its text: a group's parameters mostly share their scalars
+    for name in rule.per_tensor:
         column = []
         for value in per_tensor[name]:
             text = texts.get(value) if value else None  # (0.0 == -0.0: zeros not shared)
@@ -154,7 +176,8 @@ def update(algorithm, weights, grads, states, masters, shared, per_tensor):
                 text = texts[value] = repr(float(value))
             column.append(text)
         values.append(','.join(column))
-    invoke(operator, inputs, _KEYS[algorithm], values, list(weights))
+    invoke('mxnag_%s_update' % rule.name, inputs, _LAYOUT_KEYS + list(rule.shared + rule.per_tensor),
+           values, list(weights))
 
 
 def probe():
@@ -166,17 +189,3 @@ def probe():
     out = nd.zeros((3,), dtype='int32')
     invoke('mxnag_probe', [nd.zeros((1,))], [], [], [out])
     return tuple(int(v) for v in out.asnumpy())
-
-
-def copy(src, dst):
-    """``dst[:] = src`` with the operators' threads."""
-    invoke('mxnag_copy', [src], [], [], [dst])
-
-
-def stream(source, targets):
-    """``t += source`` for every float32 array ``t`` of ``targets`` (1 to 5, the shape of
-    ``source``), in one pass with the operators' threads: the memory traffic of an update
-    that reads ``source`` and reads and writes ``targets``, without its maths (the
-    benchmark's bandwidth floor)."""
-    invoke('mxnag_stream', [targets[0], source] + list(targets[1:]), ['targets'],
-           [str(len(targets))], [targets[0]])

@@ -9,10 +9,49 @@ References:
     Xie, X., Zhou, P., Li, H., Lin, Z. and Yan, S. "Adan: Adaptive Nesterov Momentum
     Algorithm for Faster Optimizing Deep Models." 2022. https://arxiv.org/abs/2208.06677
 """
+from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from .. import kernels
-from ._common import MxnagOptimizer, check_beta, check_bool, check_number
+from .base import MxnagOptimizer, StepRule, check_beta, check_bool, check_number, preprocess_grad
+
+
+def adan_step(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_grad,
+             clip_gradient, first_step, beta1, beta2, beta3, epsilon, mean_coef,
+             diff_coef, sq_scale, weight_scale, weight_divisor):
+    """One Adan step; ``prev_grad`` holds the previous preprocessed gradient (taken to be
+    the current one on ``first_step``).
+
+    With ``diff = g - prev_grad`` and ``u = g + beta2 diff``: ``mean``, ``diff_mean`` and
+    ``sq_mean`` are the moving averages of ``g``, ``diff`` and ``u^2`` (decays beta1,
+    beta2, beta3), ``weight *= weight_scale``,
+    ``weight -= (mean_coef mean + diff_coef diff_mean) / (sqrt(sq_mean) sq_scale + epsilon)``,
+    ``weight /= weight_divisor``.
+    """
+    g = preprocess_grad(weight, grad, rescale_grad, 0.0, clip_gradient)
+    if first_step:
+        g.copyto(prev_grad)
+    diff = g - prev_grad
+    mean *= beta1
+    mean += (1.0 - beta1) * g
+    diff_mean *= beta2
+    diff_mean += (1.0 - beta2) * diff
+    sq_mean *= beta3
+    sq_mean += (1.0 - beta3) * nd.square(g + beta2 * diff)
+    denom = nd.sqrt(sq_mean) * sq_scale + epsilon
+    if weight_scale != 1.0:
+        weight *= weight_scale
+    weight -= (mean_coef * mean + diff_coef * diff_mean) / denom
+    if weight_divisor != 1.0:
+        weight /= weight_divisor
+    g.copyto(prev_grad)
+
+
+# The step's maths, as every backend reads it.
+RULE = StepRule(
+    name='adan', states=('mean', 'diff_mean', 'sq_mean', 'prev_grad'),
+    shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon'),
+    per_tensor=('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_scale', 'weight_divisor'),
+    flags=('first_step',), step=adan_step)
 
 
 @Optimizer.register
@@ -54,7 +93,7 @@ class Adan(MxnagOptimizer):
         ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ...).
     """
     default_learning_rate = 0.001
-    state_names = ('mean', 'diff_mean', 'sq_mean', 'prev_grad')
+    rule = RULE
 
     def __init__(self, learning_rate=None, beta1=0.98, beta2=0.92, beta3=0.99, epsilon=1e-8,
                  no_prox=False, **kwargs):
@@ -65,8 +104,6 @@ class Adan(MxnagOptimizer):
         self.epsilon = check_number(owner, 'epsilon', epsilon, 0.0, low_open=True)
         self.no_prox = check_bool(owner, 'no_prox', no_prox)
         super().__init__(learning_rate=learning_rate, **kwargs)
-
-    _multi_update = staticmethod(kernels.multi_adan_update)
 
     def _shared_coefficients(self):
         return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,

@@ -11,10 +11,37 @@ References:
     Loshchilov, I. and Hutter, F. "Decoupled Weight Decay Regularization." ICLR 2019.
     https://arxiv.org/abs/1711.05101
 """
+from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from .. import kernels
-from ._common import MxnagOptimizer, check_beta, check_bool, check_number
+from .base import MxnagOptimizer, StepRule, check_beta, check_bool, check_number, preprocess_grad
+
+
+def adanag_step(weight, grad, mean, var, *, rescale_grad, clip_gradient, wd_into_grad,
+                weight_scale, beta1, beta2, epsilon, grad_coef, mean_coef, var_scale):
+    """One AdaNAG (NAdam) step.
+
+    ``weight *= weight_scale`` (decoupled decay), then with ``g`` the preprocessed gradient:
+    ``mean = beta1 mean + (1-beta1) g``, ``var = beta2 var + (1-beta2) g^2`` and
+    ``weight -= (grad_coef g + mean_coef mean) / (sqrt(var) var_scale + epsilon)``.
+    """
+    g = preprocess_grad(weight, grad, rescale_grad, wd_into_grad, clip_gradient)
+    if weight_scale != 1.0:
+        weight *= weight_scale
+    mean *= beta1
+    mean += (1.0 - beta1) * g
+    var *= beta2
+    var += (1.0 - beta2) * nd.square(g)
+    denom = nd.sqrt(var) * var_scale + epsilon
+    weight -= (grad_coef * g + mean_coef * mean) / denom
+
+
+# The step's maths, as every backend reads it (NAdamW shares it).
+RULE = StepRule(
+    name='adanag', states=('mean', 'var'),
+    shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'epsilon'),
+    per_tensor=('wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale'),
+    flags=(), step=adanag_step)
 
 
 @Optimizer.register
@@ -63,7 +90,7 @@ class AdaNAG(MxnagOptimizer):
         and states for float16 weights.
     """
     default_learning_rate = 0.002
-    state_names = ('mean', 'var')
+    rule = RULE
 
     def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8,
                  momentum_decay=0.004, decoupled_wd=True, **kwargs):
@@ -84,8 +111,6 @@ class AdaNAG(MxnagOptimizer):
         while len(products) <= t:
             products.append(products[-1] * self._mu(len(products)))
         return products[t]
-
-    _multi_update = staticmethod(kernels.multi_adanag_update)
 
     def _shared_coefficients(self):
         return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,

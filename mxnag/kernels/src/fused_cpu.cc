@@ -3,7 +3,7 @@
 // Each operator updates a group of parameters in one call (one tensor is a group of one):
 // it reads every element of the weight, gradient and states once and writes the weight
 // and states once, over all cores (see HelperPool), in loops the compiler vectorises. The maths
-// is the one of mxnag/kernels/composed.py; every step-dependent coefficient is computed
+// is the readable step of each optimizer (mxnag/optim/<name>.py, its StepRule); every step-dependent coefficient is computed
 // in double precision on the host and arrives as an attribute (Python repr of a float).
 //
 // Operators (inputs per parameter, in order; outputs: the weights, passed as out=):

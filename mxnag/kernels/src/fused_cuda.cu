@@ -1,7 +1,7 @@
 // Fused, single-pass AdaNAG and Adan updates for the GPU, compiled at run time by NVRTC
 // (mx.rtc.CudaModule in mxnet-cu112; CuPy's RawModule in the tests; nvcc --ptx in CI).
 //
-// The maths is the one of mxnag/kernels/composed.py and src/fused_cpu.cc: the host
+// The maths is each optimizer's readable step (mxnag/optim/<name>.py) and src/fused_cpu.cc: the host
 // computes every step-dependent coefficient; the update of a tensor reads each element of
 // the gradient, weight and states once and writes the weight and states once (grid-stride
 // loop). Self-contained on purpose: NVRTC gets no include paths, so float16 values travel

@@ -1,5 +1,6 @@
-"""What every mxnag optimizer shares: argument checks, per-parameter step counts,
-state allocation on the weight's context, and the gradient preprocessing of MXNet.
+"""What every mxnag optimizer shares: the declaration of its step (``StepRule``),
+argument checks, per-parameter step counts, state allocation on the weight's context,
+and MXNet's gradient preprocessing.
 
 Everything here is imported when a distributed kvstore server unpickles an mxnag
 optimizer, i.e. while ``mxnet`` itself is only half imported (see
@@ -10,10 +11,46 @@ import inspect
 import numbers
 import os
 import sys
+from typing import Callable, NamedTuple, Tuple
 
 import numpy
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer
+
+from .. import kernels
+
+
+class StepRule(NamedTuple):
+    """The maths of one optimizer step, declared once, as every backend reads it.
+
+    The optimizer computes every scalar on the host from a parameter's step count
+    (``_shared_coefficients``, ``_coefficients``); ``step`` applies them with NDArray
+    operators, in place: ``step(weight, grad, *states, **scalars)`` (the readable step,
+    and the composed backend). The fused backends run the same maths: the C++ operator
+    ``mxnag_<name>_update`` (src/fused_cpu.cc) and the CUDA device function
+    ``mxnag_<name>_body`` (src/fused_cuda.cu), which take the states and scalars in the
+    orders given here; an optimizer whose maths is a rule that exists (NAdamW is
+    AdaNAG's rule with other scalars) needs no kernel of its own, and a rule with no
+    kernel runs composed."""
+    name: str
+    states: Tuple[str, ...]       # state arrays, each of the weight's shape
+    shared: Tuple[str, ...]       # scalars every parameter of a group shares
+    per_tensor: Tuple[str, ...]   # scalars of each parameter
+    flags: Tuple[str, ...]        # per-tensor scalars that are booleans (ints in CUDA)
+    step: Callable
+
+
+def preprocess_grad(weight, grad, rescale_grad, wd_into_grad, clip_gradient):
+    """``clip(rescale_grad * grad + wd_into_grad * weight)`` as a new array, MXNet's order.
+    ``clip_gradient`` None leaves the gradient unclipped."""
+    g = grad * rescale_grad
+    if wd_into_grad:
+        g = g + weight * wd_into_grad
+    if clip_gradient is not None:
+        # maximum/minimum, not nd.clip: clip's bounds are float32 attributes, which refuse
+        # 1e300 or 1e-42 (the fused kernels take any normal double); NaN passes either way
+        g = nd.minimum(nd.maximum(g, -clip_gradient), clip_gradient)
+    return g
 
 # The keyword arguments that ``mx.optimizer.Optimizer.__init__`` takes in this MXNet.
 BASE_ARGUMENTS = tuple(
@@ -59,16 +96,16 @@ class MxnagOptimizer(Optimizer):
     """Base of the mxnag optimizers: a ``mx.optimizer.Optimizer`` that checks its
     arguments when made and keeps everything it derives from the step count per parameter.
 
-    Subclasses define ``state_names`` (one zero-initialised array of the weight's shape
-    and dtype each), ``_shared_coefficients()`` (the scalars every parameter shares),
-    ``_coefficients(t, lr, wd)`` (one parameter's scalars at its step ``t``) and
-    ``_multi_update`` (the ``mxnag.kernels`` function that applies them to a group).
+    A subclass declares its step (``rule``, a ``StepRule``: its states, the names of its
+    scalars, the readable step) and computes the scalars: ``_shared_coefficients()``
+    (those every parameter shares) and ``_coefficients(t, lr, wd)`` (one parameter's at
+    its step ``t``). ``mxnag.kernels`` runs the rule on the fastest backend.
 
     ``aggregate_num`` (default ``$MXNAG_AGGREGATE_NUM`` or 32; 0 turns grouping off) is
     how many parameters MXNet's Updater hands over per call; each group is one fused
     operator call, as MXNet's SGD does with ``multi_sgd_mom_update``.
     """
-    state_names = ()
+    rule: StepRule = None
 
     def __init__(self, learning_rate=None, aggregate_num=None, **kwargs):
         owner = type(self).__name__
@@ -104,7 +141,7 @@ class MxnagOptimizer(Optimizer):
     def create_state(self, index, weight):
         _check_dense(self, index, weight, 'weight')
         return tuple(nd.zeros(weight.shape, ctx=weight.context, dtype=weight.dtype)
-                     for _ in self.state_names)
+                     for _ in self.rule.states)
 
     # -- one step -------------------------------------------------------------
     def update(self, index, weight, grad, state):
@@ -138,9 +175,10 @@ class MxnagOptimizer(Optimizer):
             if key not in known:
                 known[key] = self._coefficients(*key)
             per_param.append(known[key])
-        columns = {name: [c[name] for c in per_param] for name in per_param[0]}
-        self._multi_update(weights, grads, states, masters=masters, placement=placement,
-                           **self._shared_coefficients(), **columns)
+        scalars = self._shared_coefficients()
+        scalars.update((name, [c[name] for c in per_param]) for name in per_param[0])
+        kernels.multi_update(self.rule, weights, grads, states, scalars, masters=masters,
+                             placement=placement)
 
     def _placement(self, index, weight, grad):
         """(dtype, context) of parameter ``index``'s weight, once its weight and gradient
@@ -175,10 +213,6 @@ class MxnagOptimizer(Optimizer):
         raise NotImplementedError
 
     def _coefficients(self, t, lr, wd):
-        raise NotImplementedError
-
-    @staticmethod
-    def _multi_update(weights, grads, states, **coefficients):
         raise NotImplementedError
 
 

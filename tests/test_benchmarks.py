@@ -1,0 +1,97 @@
+"""benchmarks/bench_step.py (outside the package): its floor operator and its runs (no
+timing is asserted)."""
+import importlib.util
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import HAS_COMPILER, ROOT
+
+
+@pytest.mark.parametrize('count', [1, 3, 5])
+def test_stream_floor_operator(count, rng, fused):
+    """The benchmark's floor: every target += source, in one pass, in place."""
+    source = rng.standard_normal(100003).astype(np.float32)
+    starts = [rng.standard_normal(100003).astype(np.float32) for _ in range(count)]
+    targets = [mx.nd.array(t) for t in starts]
+    _bench_module().stream(mx.nd.array(source), targets)
+    for target, start in zip(targets, starts):
+        assert np.array_equal(target.asnumpy(), start + source)
+
+
+def test_stream_floor_operator_refuses_what_it_cannot_do(fused):
+    with pytest.raises(mx.base.MXNetError, match='at most 5 targets'):
+        _bench_module().stream(mx.nd.ones((8,)), [mx.nd.ones((8,)) for _ in range(6)])
+        mx.nd.waitall()
+    with pytest.raises(mx.base.MXNetError, match='takes float32 arrays, input 1 is float64'):
+        _bench_module().stream(mx.nd.ones((8,), dtype='float64'), [mx.nd.ones((8,))])
+    with pytest.raises(mx.base.MXNetError, match="input 2 of mxnag_stream does not have input 0's shape"):
+        _bench_module().stream(mx.nd.ones((8,)), [mx.nd.ones((8,)), mx.nd.ones((9,))])
+
+
+def test_bench_runs_small(tmp_path, capsys):
+    """The benchmark script end to end on a small tensor (no timing is asserted)."""
+    bench = _bench_module()
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--size', '100000', '--rounds', '1', '--repeats', '1', '--warmup', '0', '--no-resnet',
+                       '--no-torch', '--no-cuda', '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result['single']['rows']
+    assert {'MXNet adam_update', 'MXNet sgd momentum (aggregated)', 'copy (MXNet copyto)'} <= set(rows)
+    if HAS_COMPILER:
+        fused = rows['mxnag adanag (fused)']
+        assert fused['x_adanag'] == 1.0 and fused['steps_timed'] == 1
+        floor = rows['floor: read 4, write 3 arrays (mxnag_stream, queued)']
+        assert fused['floor_ms'] == floor['ms'] and fused['x_floor'] == fused['ms'] / floor['ms']
+        assert 'mxnag adanag (fused), 5 queued' in rows
+    assert '| step | median ms |' in capsys.readouterr().out
+
+
+def test_bench_says_why_pytorch_did_not_run(tmp_path, monkeypatch, capsys):
+    """A PyTorch process that fails (here: made to exit) is reported, not fatal."""
+    bench = _bench_module()
+    monkeypatch.setattr(bench, 'TORCH_SCRIPT', 'import sys; sys.exit("no PyTorch in this test")')
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--size', '1000', '--rounds', '1', '--repeats', '1', '--warmup', '0',
+                       '--no-resnet', '--no-cuda', '--json', str(out)]) == 0
+    assert json.loads(out.read_text())['single']['torch'] == {'error': 'no PyTorch in this test'}
+    assert 'PyTorch: no PyTorch in this test' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='PyTorch not installed')
+def test_bench_takes_turns_with_torch(tmp_path):
+    """PyTorch's cases run in a subprocess that answers turn by turn (2 rounds here)."""
+    bench = _bench_module()
+    out = tmp_path / 'bench.json'
+    assert bench.main(['--size', '20000', '--rounds', '2', '--repeats', '2', '--warmup', '1',
+                       '--no-resnet', '--no-cuda', '--json', str(out)]) == 0
+    result = json.loads(out.read_text())['single']
+    assert 'error' not in result['torch'], result['torch']
+    for name in ('torch Adam (fused)', 'torch NAdam (foreach)', 'torch Adam (fused, 1 thread)'):
+        assert result['rows'][name]['steps_timed'] == 4
+    assert len(result['rows']['torch Adam (fused)']['round_ms']) == 2
+    if HAS_COMPILER:
+        summary = json.loads(out.read_text())['versus_torch']['steps queued']
+        assert len(summary['ratios']) == 2 and summary['min'] <= summary['median'] <= summary['max']
+
+
+def test_round_ratios_pair_each_round_with_the_fastest_peer():
+    bench = _bench_module()
+    rows = {'a': {'round_ms': [2.0, 3.0, 4.0]}, 'p': {'round_ms': [4.0, 2.0, 4.0]},
+            'q': {'round_ms': [5.0, 3.0, 2.0]}}
+    assert bench.round_ratios(rows, 'a', ['p', 'q', 'missing']) == [0.5, 1.5, 2.0]
+    assert bench.round_ratios(rows, 'a', ['missing']) is None
+    assert bench.round_ratios(rows, 'missing', ['p']) is None
+
+
+def _bench_module():
+    """benchmarks/bench_step.py (not part of the package)."""
+    import importlib.util
+    path = os.path.join(ROOT, 'benchmarks', 'bench_step.py')
+    spec = importlib.util.spec_from_file_location('bench_step', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
