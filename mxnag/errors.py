@@ -19,3 +19,13 @@ class TrainingError(_Named, RuntimeError):
     """Training cannot go on (e.g. too many steps in a row had non-finite gradients, or a
     checkpoint could not be written). Command-line tools print the one-line message and
     exit 1; checkpoints already written stay intact."""
+
+
+class WriteError(TrainingError):
+    """A file of the run could not be written (a full disk, a folder gone): ``path`` names
+    it. The run's earlier checkpoints stay intact (each file is written whole or not at
+    all)."""
+
+    def __init__(self, path, reason):
+        super().__init__('%s: cannot write (%s)' % (path, reason))
+        self.path = path

@@ -41,7 +41,8 @@ def main(argv=None):
         result['scratch_history'] = scratch_history
         print('from scratch: test accuracy %.4f' % result['scratch_test_accuracy'])
     if args.out and workers.chief:
-        checkpoint.write_json(args.out, result)
+        with run.writing(args):
+            checkpoint.write_json(args.out, result)
     return 0
 
 

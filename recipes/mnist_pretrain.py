@@ -23,13 +23,14 @@ def main(argv=None):
     net = run.new_model(args.model, num_classes, contexts, args.seed)
     history, trainer, _ = run.train(net, args, train_loader, test_loader, contexts,
                                     config, 'pretrain', workers)
-    if args.save and workers.chief:
-        checkpoint.save(args.save, net, {'model': args.model, 'num_classes': num_classes,
-                                         'config': config, 'epoch': len(history),
-                                         'history': history}, trainer, workers.states_saver())
     result = run.summary(history, config, started)
-    if args.out and workers.chief:
-        checkpoint.write_json(args.out, result)
+    with run.writing(args):
+        if args.save and workers.chief:
+            checkpoint.save(args.save, net, {'model': args.model, 'num_classes': num_classes,
+                                             'config': config, 'epoch': len(history),
+                                             'history': history}, trainer, workers.states_saver())
+        if args.out and workers.chief:
+            checkpoint.write_json(args.out, result)
     print('test accuracy %.4f after %d epochs' % (result['test_accuracy'], result['epochs_run']))
     return 0
 

@@ -192,3 +192,49 @@ def test_too_many_skips_stop_the_recipe_with_exit_1(mnist_dir_module, tmp_path):
     assert lines[0].startswith('mnist_pretrain.py: stopped: epoch 1, batch ')
     assert '4 steps in a row' in lines[0] and '(limit --max-skips 3)' in lines[0], lines[0]
     assert not (tmp_path / 'out.json').exists()
+
+
+OUTPUT_CLASHES = [
+    ('mnist_pretrain.py', ['--save', '{d}/ck.params', '--out', '{d}/ck.json'],
+     '--save writes {d}/ck.json, which --out writes too'),
+    ('mnist_pretrain.py', ['--save', '{d}/ck', '--log', '{d}/ck.states'],
+     '--save writes {d}/ck.states, which --log writes too'),
+    ('mnist_pretrain.py', ['--out', '{d}/r.json', '--log', '{d}/sub/../r.json'],
+     '--log writes {d}/sub/../r.json, which --out writes too'),
+    ('mnist_pretrain.py', ['--checkpoint-dir', '{d}/ck', '--save', '{d}/ck/epoch-0002.params'],
+     '--checkpoint-dir: {d}/ck holds {d}/ck/epoch-0002.params, a name of its own checkpoints'),
+    ('mnist_pretrain.py', ['--out', '{d}'], '--out: {d} is a folder, not a file'),
+    ('mnist_pretrain.py', ['--checkpoint-dir', '{d}/file'], '--checkpoint-dir: {d}/file is a file, not a folder'),
+    ('mnist_pretrain.py', ['--out', '/proc/x/r.json'],
+     '--out: cannot create the folder /proc/x ('),
+    ('mnist_pretrain.py', ['--log', '/proc/r.jsonl'], '--log: cannot write in the folder /proc ('),
+    ('mnist_pretrain.py', ['--checkpoint-dir', '/proc/ck'], '--checkpoint-dir: cannot create the folder /proc/ck ('),
+    ('mnist_finetune.py', ['--pretrained', '{ckpt}', '--out', '{ckpt_json}'],
+     '--out writes {ckpt_json}, a file of the checkpoint that --pretrained reads'),
+    ('mnist_finetune.py', ['--pretrained', '{ckpt}', '--log', '{d}/../pretrain/ckpt.states'],
+     'a file of the checkpoint that --pretrained reads'),
+]
+
+
+@pytest.mark.parametrize('script,args,message', OUTPUT_CLASHES)
+def test_unsafe_outputs_exit_2_before_anything_is_trained_or_written(script, args, message, pretrained,
+                                                                    mnist_dir_module, tmp_path):
+    """Two outputs that are one file, an output that would overwrite the checkpoint being
+    read, an output whose folder cannot be created or written: one line, exit 2, at once."""
+    d = tmp_path / 'run'
+    d.mkdir()
+    (d / 'file').write_text('')
+    copy = tmp_path / 'pretrain'
+    shutil.copytree(pretrained, copy)
+    places = {'d': d, 'ckpt': copy / 'ckpt.params', 'ckpt_json': copy / 'ckpt.json'}
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    args = [a.format(**places) for a in args]
+    proc = run(script, *args, '--data-dir', mnist_dir_module, '--shots', 10, '--epochs', 1,
+               '--no-progress', check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert message.format(**places) in lines[0], lines[0]
+    assert proc.stdout == ''  # nothing trained
+    assert sorted(p.name for p in d.iterdir()) == ['file']  # nothing written
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before  # the input untouched

@@ -314,3 +314,67 @@ def test_invalid_hyperparameters_always_raise(name, data):
     value = data.draw(values)
     with pytest.raises((ValueError, TypeError), match=arg):
         mx.optimizer.create(name, **{arg: value})
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
+    """MXNet's own words for a full disk during save_parameters become one line naming the
+    file; the run's message adds the last checkpoint that is intact."""
+    from mxnag.errors import WriteError
+    from mxnag.train import run, settings
+    net = models.get_model('mlp')
+    net.initialize()
+    net(mx.nd.zeros((1, 1, 28, 28)))
+    ck = tmp_path / 'ck'
+    trainer = gluon.Trainer(net.collect_params(), 'adanag')
+    checkpoint.save(checkpoint.epoch_prefix(str(ck), 1), net, {'epoch': 1}, trainer)
+
+    def disk_full(path):
+        with open(path, 'wb') as f:
+            f.write(b'part of it')
+        raise mx.base.MXNetError('Traceback (most recent call last):\n  File "local_filesys.cc", '
+                                 'line 38\nMXNetError: Check failed: std: :fwrite(ptr, 1, size, fp_) '
+                                 '== size: FileStream.Write incomplete')
+    net.save_parameters = disk_full
+    args = settings.namespace(checkpoint_dir=str(ck))
+    with pytest.raises(TrainingError) as info:
+        with run.writing(args):
+            checkpoint.save(checkpoint.epoch_prefix(str(ck), 2), net, {'epoch': 2}, trainer)
+    assert str(info.value) == ('%s: cannot write (MXNet: FileStream.Write incomplete; is the disk '
+                               'full?); the last intact checkpoint is %s'
+                               % (ck / 'epoch-0002.params', ck / 'epoch-0001'))
+    assert sorted(os.listdir(ck)) == ['epoch-0001.json', 'epoch-0001.params',
+                                      'epoch-0001.states']  # no temporary file left
+    with pytest.raises(WriteError, match='^/dev/full: cannot write \\(No space left on device\\)$'):
+        loop.MetricsLog('/dev/full').write(event='start')
+    with pytest.raises(TrainingError, match='no checkpoint of this run is intact'):
+        with run.writing(settings.namespace()):
+            loop.MetricsLog('/dev/full').write(event='start')
+
+
+def test_disk_full_during_a_run_ends_it_with_one_line(tmp_path, mnist_dir):
+    """A real full disk: a 1.5 MB tmpfs holds the first checkpoint of an MLP (1.3 MB) but
+    not the second. Needs root and mount(8); skipped where the tmpfs cannot be mounted."""
+    full = tmp_path / 'full'
+    full.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1536k', 'tmpfs', str(full)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip('cannot mount a tmpfs here: %s' % mounted.stderr.strip())
+    try:
+        proc = subprocess.run(
+            [sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'mnist_pretrain.py'),
+             '--model', 'mlp', '--shots', '10', '--epochs', '3', '--no-progress', '--data-dir', mnist_dir,
+             '--checkpoint-dir', str(full / 'ck'), '--out', str(tmp_path / 'r.json')],
+            capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+        assert lines[0] == ('mnist_pretrain.py: stopped: %s: cannot write (MXNet: FileStream.Write '
+                            'incomplete; is the disk full?); the last intact checkpoint is %s'
+                            % (full / 'ck' / 'epoch-0002.params', full / 'ck' / 'epoch-0001'))
+        assert sorted(os.listdir(full / 'ck')) == ['epoch-0001.json', 'epoch-0001.params',
+                                                    'epoch-0001.states']
+        assert checkpoint.read_meta(str(full / 'ck' / 'epoch-0001'), need_states=True)['epoch'] == 1
+        assert not (tmp_path / 'r.json').exists()
+    finally:
+        subprocess.run(['umount', str(full)], check=True)

@@ -14,8 +14,35 @@ import os
 import re
 import tempfile
 
-from ..errors import MxnagError
-from ..files import atomic_write  # noqa: F401  (part of this module's API)
+from ..errors import MxnagError, WriteError
+from ..files import atomic_write
+
+# What a failed write raises: the OS, or MXNet's own file streams (a full disk during
+# save_parameters is "FileStream.Write incomplete")
+WRITE_FAILURES = (OSError,)
+try:
+    from mxnet.base import MXNetError
+    WRITE_FAILURES += (MXNetError,)
+except ImportError:  # pragma: no cover (mxnag needs MXNet; this module alone does not)
+    pass
+
+
+def write_file(path, write):
+    """``atomic_write(path, write)``; a failure raises ``WriteError`` naming ``path``
+    (the first line of the reason), the previous file at ``path`` left as it was."""
+    try:
+        atomic_write(path, write)
+    except WRITE_FAILURES as err:
+        raise WriteError(path, _reason(err)) from None
+
+
+def _reason(err):
+    """One line of why a write failed: the OS's words, or the end of MXNet's message
+    ("...: FileStream.Write incomplete", which is all MXNet says of a full disk)."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    lines = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return 'MXNet: %s; is the disk full?' % lines[-1].rsplit(': ', 1)[-1].strip()
 
 FORMAT = 'mxnag-checkpoint-1'
 
@@ -42,7 +69,7 @@ def write_json(path, obj):
         with open(tmp, 'w') as f:
             json.dump(obj, f, indent=1, sort_keys=True)
             f.write('\n')
-    atomic_write(path, write)
+    write_file(path, write)
 
 
 def save(prefix, net, meta, trainer=None, save_states=None):
@@ -54,12 +81,12 @@ def save(prefix, net, meta, trainer=None, save_states=None):
     """
     prefix = prefix_of(prefix)
     files = [prefix + '.params']
-    atomic_write(files[0], net.save_parameters)
+    write_file(files[0], net.save_parameters)
     if save_states is not None:
         files += save_states(prefix + '.states')
     elif trainer is not None:
         files.append(prefix + '.states')
-        atomic_write(files[-1], trainer.save_states)
+        write_file(files[-1], trainer.save_states)
     record = dict(meta, format=FORMAT,
                   sha256={path[len(prefix) + 1:]: _sha256(path) for path in files})
 

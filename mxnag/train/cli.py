@@ -26,7 +26,8 @@ def message(err: Exception) -> str:
     text = str(err)
     for name in getattr(err, 'arguments', ()):
         flag = settings.flag_of(name)
-        text = re.sub(r'(?<![\w-])%s(?![\w-])' % re.escape(name), flag, text, count=1)
+        # a whole word, not part of a path (out/r.json, r.out)
+        text = re.sub(r'(?<![\w./-])%s(?![\w./-])' % re.escape(name), flag, text, count=1)
     return text
 
 

@@ -16,7 +16,7 @@ from mxnet import autograd, gluon
 
 from .. import optim  # noqa: F401  (registers the mxnag optimizers)
 from . import checkpoint
-from ..errors import MxnagError, TrainingError
+from ..errors import MxnagError, TrainingError, WriteError
 
 SCHEDULES = ('constant', 'step', 'cosine')
 
@@ -107,8 +107,11 @@ class MetricsLog:
 
     def write(self, **record):
         if self.path:
-            with open(self.path, 'a') as f:
-                f.write(json.dumps(dict(record, time=round(time.time(), 3))) + '\n')
+            try:
+                with open(self.path, 'a') as f:
+                    f.write(json.dumps(dict(record, time=round(time.time(), 3))) + '\n')
+            except OSError as err:
+                raise WriteError(self.path, err.strerror or err) from None
 
 
 class NonFiniteGuard:

@@ -3,8 +3,11 @@ data prepared, the network trained with checkpoints and resume, the results summ
 ``args`` is a namespace of the settings in ``mxnag.train.settings`` (parsed by
 ``mxnag.train.cli`` or built by ``settings.namespace``); errors name the setting, as
 ``MxnagError`` (bad input) or ``TrainingError`` (training stopped)."""
+import contextlib
 import os
+import re
 import sys
+import tempfile
 import time
 
 import mxnet as mx
@@ -12,7 +15,7 @@ import mxnet as mx
 from .. import __version__
 from ..dist import worker
 from . import checkpoint, data, loop, models, settings
-from ..errors import MxnagError, TrainingError  # noqa: F401  (re-exported)
+from ..errors import MxnagError, TrainingError, WriteError  # noqa: F401  (re-exported)
 
 
 def check_args(args):
@@ -27,6 +30,102 @@ def check_args(args):
     if args.kvstore not in kinds:
         raise MxnagError('kvstore: %r is not one of %s' % (args.kvstore, ', '.join(kinds)),
                          ('kvstore',))
+
+
+def _checkpoint_files(prefix):
+    prefix = checkpoint.prefix_of(prefix)
+    return [prefix + ext for ext in ('.params', '.states', '.json')]
+
+
+def check_outputs(args):
+    """Before anything is trained or written: no two outputs of the run are one file, no
+    output is a file of the checkpoint the run reads, and every output's folder can be
+    created and written in. Raises MxnagError naming the settings."""
+    taken = [s for s in settings.of(args.recipe) if s.output and getattr(args, s.name)]
+    owner = {}  # real path -> (setting, path as given)
+    input_name = next((s.name for s in taken if s.output == 'input-checkpoint'), None)
+
+    def claim(name, path):
+        real = os.path.realpath(path)
+        if real in owner:
+            other, other_path = owner[real]
+            if other == name:
+                return
+            if other == input_name:
+                raise MxnagError('%s writes %s, a file of the checkpoint that %s reads'
+                                 % (name, path, other), (name, other))
+            raise MxnagError('%s writes %s, which %s writes too' % (name, path, other),
+                             (name, other))
+        owner[real] = (name, path)
+    # the input first, so that an output is named as the one that would overwrite it
+    for s in sorted(taken, key=lambda s: s.output != 'input-checkpoint'):
+        value = getattr(args, s.name)
+        if s.output in ('checkpoint', 'input-checkpoint'):
+            for path in _checkpoint_files(value):
+                claim(s.name, path)
+        elif s.output == 'file':
+            if os.path.isdir(value):
+                raise MxnagError('%s: %s is a folder, not a file' % (s.name, value), (s.name,))
+            claim(s.name, value)
+    folders = [(s.name, os.path.dirname(os.path.abspath(getattr(args, s.name))))
+               for s in taken if s.output in ('file', 'checkpoint')]
+    for s in taken:
+        if s.output != 'folder':
+            continue
+        directory = getattr(args, s.name)
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise MxnagError('%s: %s is a file, not a folder' % (s.name, directory), (s.name,))
+        real_dir = os.path.realpath(directory)
+        for real, (name, path) in owner.items():  # the run's epoch-NNNN.* files there
+            if os.path.dirname(real) == real_dir and re.match(r'epoch-\d+\.', os.path.basename(real)):
+                raise MxnagError('%s: %s holds %s, a name of its own checkpoints'
+                                 % (s.name, directory, path), (s.name, name))
+        folders.append((s.name, os.path.abspath(directory)))
+    for name, folder in folders:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise MxnagError('%s: cannot create the folder %s (%s)' % (name, folder, err.strerror or err),
+                             (name,)) from None
+        try:
+            fd, probe = tempfile.mkstemp(prefix='.mxnag-write-check.', dir=folder)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as err:
+            raise MxnagError('%s: cannot write in the folder %s (%s)' % (name, folder, err.strerror or err),
+                             (name,)) from None
+
+
+def last_intact(args):
+    """The newest checkpoint this run can go on from, for a message after a failed write:
+    the final checkpoint it saved, else the newest in its checkpoint folder that verifies."""
+    for s in settings.of(args.recipe):
+        value = getattr(args, s.name)
+        if value and s.output == 'checkpoint':
+            try:
+                checkpoint.read_meta(value)
+                return checkpoint.prefix_of(value)
+            except MxnagError:
+                pass
+    for s in settings.of(args.recipe):
+        value = getattr(args, s.name)
+        if value and s.output == 'folder' and os.path.isdir(value):
+            prefix = checkpoint.newest_good(value)[0]
+            if prefix:
+                return prefix
+    return None
+
+
+@contextlib.contextmanager
+def writing(args):
+    """A failed write in the block (``WriteError``) becomes a ``TrainingError`` naming the
+    file and the last checkpoint of the run that is intact."""
+    try:
+        yield
+    except WriteError as err:
+        intact = last_intact(args)
+        raise TrainingError('%s; %s' % (err, 'the last intact checkpoint is %s' % intact if intact
+                                         else 'no checkpoint of this run is intact')) from None
 
 
 class Workers:
@@ -71,6 +170,8 @@ def prepare(args):
         from mxnet.contrib import amp
         amp.init()  # before any network is built: it patches MXNet's operators
     workers = Workers(args.kvstore)
+    if workers.chief:  # rank 0 alone writes
+        check_outputs(args)
     return (contexts, workers) + load_data(args, workers=workers)
 
 
@@ -145,17 +246,18 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
             start_epoch, history, resumed_from = saved['epoch'], saved['history'], prefix
             sys.stderr.write('resuming from %s (epoch %d)\n' % (prefix, start_epoch))
     log = loop.MetricsLog(args.log if workers.chief else None)
-    log.write(event='start', run=log_name, config=config, start_epoch=start_epoch,
-              resumed_from=resumed_from)
-    save_states = workers.states_saver()
-    history = loop.fit(net, trainer, train_loader, test_loader, contexts, args.epochs,
-                         seed=args.seed, start_epoch=start_epoch, history=history, log=log,
-                         checkpoint_dir=args.checkpoint_dir if workers.chief else None,
-                         keep=args.keep, meta=meta, target_accuracy=args.target_accuracy,
-                         progress=not args.no_progress and workers.chief,
-                         num_workers=workers.num_workers, save_states=save_states,
-                         max_skips=args.max_skips)
-    log.write(event='end', run=log_name, test_accuracy=history[-1]['test_accuracy'] if history else None)
+    with writing(args):
+        log.write(event='start', run=log_name, config=config, start_epoch=start_epoch,
+                  resumed_from=resumed_from)
+        save_states = workers.states_saver()
+        history = loop.fit(net, trainer, train_loader, test_loader, contexts, args.epochs,
+                           seed=args.seed, start_epoch=start_epoch, history=history, log=log,
+                           checkpoint_dir=args.checkpoint_dir if workers.chief else None,
+                           keep=args.keep, meta=meta, target_accuracy=args.target_accuracy,
+                           progress=not args.no_progress and workers.chief,
+                           num_workers=workers.num_workers, save_states=save_states,
+                           max_skips=args.max_skips)
+        log.write(event='end', run=log_name, test_accuracy=history[-1]['test_accuracy'] if history else None)
     return history, trainer, resumed_from
 
 
