@@ -261,10 +261,23 @@ def _composed(problem, name):
     return step
 
 
+def _bench_ops():
+    """Build (cached like the fused operators) and load this benchmark's operators, unless
+    this process has them already; returns the module that invokes them."""
+    from mxnet.base import _LIB, MXNetError, c_str, check_call, mx_uint
+    from mxnag.kernels import build, fused_cpu
+    try:
+        fused_cpu._op_handle('mxnag_stream')
+    except MXNetError:  # not loaded yet
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'src', 'bench_ops.cc')
+        path = build.build(source=source, stem='mxnag_bench')['path']
+        check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
+    return fused_cpu
+
+
 def copy(src, dst):
     """``dst[:] = src`` with the fused operators' threads (operator ``mxnag_copy``)."""
-    from mxnag.kernels import fused_cpu
-    fused_cpu.invoke('mxnag_copy', [src], [], [], [dst])
+    _bench_ops().invoke('mxnag_copy', [src], [], [], [dst])
 
 
 def stream(source, targets):
@@ -272,9 +285,8 @@ def stream(source, targets):
     ``source``), in one pass with the fused operators' threads (operator
     ``mxnag_stream``): the memory traffic of an update that reads ``source`` and reads
     and writes ``targets``, without its maths (the benchmark's bandwidth floor)."""
-    from mxnag.kernels import fused_cpu
-    fused_cpu.invoke('mxnag_stream', [targets[0], source] + list(targets[1:]), ['targets'],
-                     [str(len(targets))], [targets[0]])
+    _bench_ops().invoke('mxnag_stream', [targets[0], source] + list(targets[1:]), ['targets'],
+                        [str(len(targets))], [targets[0]])
 
 
 # The name of the floor rows, by arrays read and written.

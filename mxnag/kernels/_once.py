@@ -1,12 +1,15 @@
 """A thing a process makes at most once, on first use, and can do without."""
+import logging
 import threading
-import warnings
+
+log = logging.getLogger('mxnag.kernels')
 
 
 class Once:
     """The result of ``make()``, made by the first ``get()`` of this process (under a
-    lock). If ``make`` raises, one ``RuntimeWarning`` says that ``what`` is unavailable
-    and why, ``reason`` keeps the why, and ``get()`` returns None from then on."""
+    lock). If ``make`` raises, one warning on the ``mxnag.kernels`` logger says that
+    ``what`` is unavailable and why (with no logging configured, Python prints it to
+    stderr), ``reason`` keeps the why, and ``get()`` returns None from then on."""
 
     def __init__(self, what, make):
         self.what = what
@@ -24,9 +27,7 @@ class Once:
                         self.value = self._make()
                     except Exception as err:  # noqa: BLE001  (any failure means: fall back)
                         self.reason = '%s: %s' % (type(err).__name__, err)
-                        # stacklevel: the code that called the caller of available()
-                        warnings.warn('mxnag: %s unavailable, using the slower composed NDArray '
-                                      'update (%s)' % (self.what, self.reason), RuntimeWarning,
-                                      stacklevel=4)
+                        log.warning('%s unavailable, using the slower composed NDArray update (%s)',
+                                    self.what, self.reason)
                     self.tried = True
         return self.value

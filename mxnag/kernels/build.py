@@ -30,7 +30,8 @@ except ImportError:  # no fcntl (Windows): concurrent builds still end in one at
     fcntl = None
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'src')
-SOURCES = ('fused_cpu.cc', 'half.h')
+SOURCE = os.path.join(SOURCE_DIR, 'fused_cpu.cc')
+HEADERS = ('half.h', 'threads.h')  # in SOURCE_DIR, on the include path of every build
 LIBRARY_STEM = 'mxnag_fused'
 # Raise when the build recipe changes in a way the key would not see.
 RECIPE_VERSION = '1'
@@ -135,12 +136,13 @@ def _hash_files(paths):
     return digest.hexdigest()
 
 
-def build_spec():
-    """Everything the build depends on, as a dict, with its cache ``key`` and the library
-    ``path`` it names."""
+def build_spec(source=SOURCE, stem=LIBRARY_STEM):
+    """Everything the build of ``source`` (an extension library's one C++ file; the fused
+    operators by default) depends on, as a dict, with its cache ``key`` and the library
+    ``path`` it names (``<stem>-<key>.so``)."""
     compiler = find_compiler()
     version, includes, lib_api_cc = mxnet_paths()
-    sources = [os.path.join(SOURCE_DIR, name) for name in SOURCES]
+    sources = [source] + [os.path.join(SOURCE_DIR, name) for name in HEADERS]
     flags = COMPILE_FLAGS + extra_flags()
     spec = {
         'recipe': RECIPE_VERSION,
@@ -155,8 +157,9 @@ def build_spec():
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
     spec['key'] = key
-    spec['path'] = os.path.join(cache_dir(), '%s-%s.so' % (LIBRARY_STEM, key))
-    spec['includes'] = list(includes)
+    spec['path'] = os.path.join(cache_dir(), '%s-%s.so' % (stem, key))
+    spec['source'] = source
+    spec['includes'] = [SOURCE_DIR] + list(includes)
     spec['lib_api_cc'] = lib_api_cc
     return spec
 
@@ -169,7 +172,7 @@ def _compile(spec, workdir):
     lib_api_o = os.path.join(workdir, 'lib_api.o')
     jobs = [
         [compiler] + spec['compile_flags'] + include_flags +
-        ['-c', os.path.join(SOURCE_DIR, 'fused_cpu.cc'), '-o', fused_o],
+        ['-c', spec['source'], '-o', fused_o],
         [compiler] + spec['lib_api_flags'] + include_flags + ['-c', spec['lib_api_cc'], '-o', lib_api_o],
     ]
     running = [(job, subprocess.Popen(job, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -203,12 +206,12 @@ class _FileLock:
         self.file.close()
 
 
-def build(force: bool = False) -> dict:
-    """Return the build spec of the cached library, compiling it first if it is not in
-    the cache (or ``force``). The result has ``path``, ``key``, ``cache_hit`` (whether
+def build(force: bool = False, source: str = SOURCE, stem: str = LIBRARY_STEM) -> dict:
+    """Return the build spec of the cached library of ``source`` (the fused operators by
+    default), compiling it first if it is not in the cache (or ``force``). The result has ``path``, ``key``, ``cache_hit`` (whether
     this call found it built) and ``seconds`` (time spent compiling, 0 on a hit).
     Raises BuildError when there is no compiler or the compilation fails."""
-    spec = build_spec()
+    spec = build_spec(source, stem)
     path = spec['path']
     if os.path.isfile(path) and not force:
         return dict(spec, cache_hit=True, seconds=0.0)

@@ -9,10 +9,6 @@
 // Operators (inputs per parameter, in order; outputs: the weights, passed as out=):
 //   mxnag_adanag_update  weight, grad, mean, var            [, weight32 if multi_precision]
 //   mxnag_adan_update    weight, grad, mean, diff_mean, sq_mean, prev_grad [, weight32]
-//   mxnag_copy           src -> out
-//   mxnag_stream         target, source, more targets -> target: every target += source,
-//                        the memory traffic of an update (read all, write the targets) with
-//                        no maths: the benchmark's bandwidth floor
 //   mxnag_probe          any -> int32[3]: omp_get_max_threads() seen inside MXNet's engine,
 //                        the threads these operators use, omp_get_num_procs()
 // States (and the float32 master weight) are declared mutated inputs, so MXNet's engine
@@ -22,14 +18,7 @@
 #include <immintrin.h>
 #endif
 
-#include <pthread.h>
-
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <functional>
-#include <mutex>
-#include <thread>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -42,6 +31,7 @@
 
 #include "half.h"
 #include "lib_api.h"
+#include "threads.h"
 
 using mxnet::ext::MXTensor;
 using mxnet::ext::MXReturnValue;
@@ -52,187 +42,13 @@ using mxnet::ext::kFloat16;
 using mxnet::ext::kFloat32;
 using mxnet::ext::kFloat64;
 using mxnet::ext::kInt32;
+using mxnag::for_each_span;
+using mxnag::thread_budget;
 
 namespace {
 
 typedef std::unordered_map<std::string, std::string> Attrs;
 typedef std::vector<std::vector<unsigned int>> Shapes;
-
-// ---------------------------------------------------------------------------------------
-// threads
-
-// Fewer elements than this per thread cost more in fork/join than they gain.
-const int64_t kMinElementsPerThread = 1 << 15;
-// Threads take chunks of this many elements (a multiple of 64 bytes of floats) as they
-// come free: a thread slowed down by another process on its core does less of the work.
-const int64_t kChunk = 1 << 15;
-
-// Threads for a large update. MXNet's engine runs operators with omp_get_max_threads()
-// lowered to half the processors (1 on 2 cores); the update is bandwidth-bound and uses
-// every core unless the user asked otherwise: MXNAG_NUM_THREADS, else OMP_NUM_THREADS or
-// MXNET_OMP_MAX_THREADS (honoured through omp_get_max_threads()), else all processors.
-int thread_budget() {
-  static const int budget = [] {
-    const char* own = std::getenv("MXNAG_NUM_THREADS");
-    if (own != nullptr && std::atoi(own) > 0) return std::atoi(own);
-    if (std::getenv("OMP_NUM_THREADS") != nullptr || std::getenv("MXNET_OMP_MAX_THREADS") != nullptr)
-      return std::max(1, omp_get_max_threads());
-    return std::max(1, omp_get_num_procs());
-  }();
-  return budget;
-}
-
-int threads_for(int64_t elements) {
-  const int64_t by_size = std::max<int64_t>(1, elements / kMinElementsPerThread);
-  return static_cast<int>(std::min<int64_t>(thread_budget(), by_size));
-}
-
-// Helper threads that join an update when they get a core, and that the update never
-// waits for unless they did. An OpenMP parallel region ends at a barrier for its whole
-// team: on a busy machine (other processes, MXNet's own workers) one team thread not yet
-// scheduled stalls the update by a scheduler time slice (measured: 8 ms for a 1M-element
-// step that takes 0.6 ms on one thread). Here the calling thread starts on the chunks at
-// once; a helper that wakes after they are all taken goes back to sleep.
-class HelperPool {
- public:
-  static HelperPool& get() {
-    static HelperPool* pool = new HelperPool();  // never destroyed: helpers are detached
-    return *pool;
-  }
-
-  // Runs work(c) for c in [0, chunks), on this thread and up to `helpers` helpers.
-  void run(int64_t chunks, const std::function<void(int64_t)>& work, int helpers) {
-    Sync* sync = sync_;
-    std::unique_lock<std::mutex> busy(sync->busy, std::try_to_lock);
-    Job job;
-    job.work = &work;
-    job.chunks = chunks;
-    job.wanted = helpers;
-    if (!busy.owns_lock() || helpers <= 0) {  // another update holds the pool: go alone
-      drain(&job);
-      return;
-    }
-    {
-      std::lock_guard<std::mutex> lock(sync->mutex);
-      start_helpers(helpers);
-      job_ = &job;
-      ++generation_;
-    }
-    sync->wake.notify_all();
-    drain(&job);
-    std::unique_lock<std::mutex> lock(sync->mutex);
-    job_ = nullptr;  // no helper joins from now on; wait for those that did
-    sync->left.wait(lock, [&] { return job.active == 0; });
-  }
-
- private:
-  struct Job {
-    const std::function<void(int64_t)>* work = nullptr;
-    int64_t chunks = 0;
-    std::atomic<int64_t> next{0};
-    int wanted = 0;
-    int active = 0;  // helpers working on it; guarded by Sync::mutex
-  };
-
-  struct Sync {
-    std::mutex busy;   // one update at a time uses the helpers
-    std::mutex mutex;  // guards the pool's fields
-    std::condition_variable wake, left;
-  };
-
-  // fork(): the child gets none of the helper threads but copies of mutexes and
-  // condition variables that they were waiting on, which must not be used again (a
-  // broadcast would wait for the vanished waiters): it starts with new ones.
-  HelperPool() {
-    pthread_atfork([] { get().sync_->busy.lock(); get().sync_->mutex.lock(); },
-                   [] { get().sync_->mutex.unlock(); get().sync_->busy.unlock(); },
-                   [] {
-                     HelperPool& pool = get();
-                     pool.sync_ = new Sync();  // the parent's copies are leaked on purpose
-                     pool.started_ = 0;
-                     pool.job_ = nullptr;
-                   });
-  }
-
-  static void drain(Job* job) {
-    for (int64_t c; (c = job->next.fetch_add(1)) < job->chunks;) (*job->work)(c);
-  }
-
-  void start_helpers(int wanted) {  // under Sync::mutex
-    for (; started_ < wanted; ++started_) std::thread([this] { serve(); }).detach();
-  }
-
-  void serve() {
-    Sync* sync = sync_;
-    std::unique_lock<std::mutex> lock(sync->mutex);
-    uint64_t seen = generation_ - (job_ != nullptr ? 1 : 0);
-    for (;;) {
-      sync->wake.wait(lock, [&] { return generation_ != seen; });
-      seen = generation_;
-      Job* job = job_;
-      if (job == nullptr || job->active >= job->wanted) continue;
-      ++job->active;
-      lock.unlock();
-      drain(job);
-      lock.lock();
-      if (--job->active == 0) sync->left.notify_all();
-    }
-  }
-
-  Sync* sync_ = new Sync();
-  Job* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int started_ = 0;
-};
-
-// Set in a child process made by fork(): libgomp's thread team does not survive fork (a
-// parallel region in the child waits forever for the parent's threads), so a forked child
-// (gluon's DataLoader workers, for one) uses the helper pool, which starts anew there.
-std::atomic<bool> forked_child{false};
-const int fork_handler_installed =
-    pthread_atfork(nullptr, nullptr, [] { forked_child.store(true); });
-
-// MXNAG_THREADING=openmp uses an OpenMP parallel loop instead of the helper pool (same
-// chunks, dynamic schedule), for comparison; not in a forked child (see forked_child).
-bool use_openmp() {
-  static const bool openmp = [] {
-    const char* mode = std::getenv("MXNAG_THREADING");
-    return mode != nullptr && std::strcmp(mode, "openmp") == 0;
-  }();
-  return openmp && !forked_child.load();
-}
-
-// Calls span(k, begin, end) over the concatenation of the tensors of `sizes`, in chunks
-// spread over the threads: one dispatch per group, whatever its number of tensors.
-template <typename SpanFn>
-void for_each_span(const std::vector<int64_t>& sizes, SpanFn span) {
-  std::vector<int64_t> offsets(sizes.size() + 1, 0);
-  for (size_t k = 0; k < sizes.size(); ++k) offsets[k + 1] = offsets[k] + sizes[k];
-  const int64_t total = offsets.back();
-  const int threads = threads_for(total);
-  if (threads <= 1) {
-    for (size_t k = 0; k < sizes.size(); ++k)
-      if (sizes[k] > 0) span(k, 0, sizes[k]);
-    return;
-  }
-  const int64_t chunks = (total + kChunk - 1) / kChunk;
-  const std::function<void(int64_t)> chunk = [&](int64_t c) {
-    const int64_t lo = c * kChunk;
-    const int64_t hi = std::min(total, lo + kChunk);
-    size_t k = std::upper_bound(offsets.begin(), offsets.end(), lo) - offsets.begin() - 1;
-    for (; k < sizes.size() && offsets[k] < hi; ++k) {
-      const int64_t begin = std::max(lo, offsets[k]) - offsets[k];
-      const int64_t end = std::min(hi, offsets[k + 1]) - offsets[k];
-      if (begin < end) span(k, begin, end);
-    }
-  };
-  if (use_openmp()) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) chunk(c);
-    return;
-  }
-  HelperPool::get().run(chunks, chunk, threads - 1);
-}
 
 // ---------------------------------------------------------------------------------------
 // attributes (Python str() of the values; floats as repr, so nothing is lost)
@@ -717,129 +533,13 @@ MXReturnValue adan_forward(const Attrs& attrs, std::vector<MXTensor>* in,
 }
 
 // ---------------------------------------------------------------------------------------
-// mxnag_copy: the same threads and dispatch as the updates, moving bytes only
+// mxnag_probe: what OpenMP looks like from inside MXNet's engine
 
-MXReturnValue copy_attrs(const Attrs&, int* num_in, int* num_out) {
+MXReturnValue probe_attrs(const Attrs&, int* num_in, int* num_out) {
   *num_in = 1;
   *num_out = 1;
   return MX_SUCCESS;
 }
-
-MXReturnValue copy_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  out->at(0) = in->at(0);
-  return MX_SUCCESS;
-}
-
-MXReturnValue copy_shape(const Attrs&, Shapes* in, Shapes* out) {
-  out->at(0) = in->at(0);
-  return MX_SUCCESS;
-}
-
-MXReturnValue copy_forward(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
-                           const OpResource&) {
-  const char* src = in->at(0).data<char>();
-  char* dst = out->at(0).data<char>();
-  const int64_t bytes = in->at(0).size() * (in->at(0).dtype == kFloat64 ? 8 : in->at(0).dtype == kFloat16 ? 2 : 4);
-  for_each_span({bytes}, [&](size_t, int64_t begin, int64_t end) {
-    std::memcpy(dst + begin, src + begin, end - begin);
-  });
-  return MX_SUCCESS;
-}
-
-// ---------------------------------------------------------------------------------------
-// mxnag_stream: an update's memory traffic, as fast as the memory allows. Inputs: the
-// first target, the source, the other targets (like weight, grad, states); all float32 of
-// one shape; the targets after the first are mutated inputs, the first is the output.
-
-MXReturnValue stream_attrs(const Attrs& attrs, int* num_in, int* num_out) {
-  int targets = 0;
-  if (!int_attr(attrs, "targets", 1, &targets)) return MX_FAIL;
-  *num_in = targets + 1;
-  *num_out = 1;
-  return MX_SUCCESS;
-}
-
-MXReturnValue stream_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  for (size_t k = 0; k < in->size(); ++k) {
-    if (in->at(k) != kFloat32) {
-      MX_ERROR_MSG << "mxnag: mxnag_stream takes float32 arrays, input " << k << " is "
-                   << dtype_name(in->at(k));
-      return MX_FAIL;
-    }
-  }
-  out->at(0) = kFloat32;
-  return MX_SUCCESS;
-}
-
-MXReturnValue stream_shape(const Attrs&, Shapes* in, Shapes* out) {
-  for (size_t k = 1; k < in->size(); ++k) {
-    if (in->at(k) != in->at(0)) {
-      MX_ERROR_MSG << "mxnag: input " << k << " of mxnag_stream does not have input 0's shape";
-      return MX_FAIL;
-    }
-  }
-  out->at(0) = in->at(0);
-  return MX_SUCCESS;
-}
-
-MXReturnValue stream_mutated(const Attrs& attrs, std::vector<int>* indices) {
-  int targets = 0;
-  if (!int_attr(attrs, "targets", 1, &targets)) return MX_FAIL;
-  for (int k = 2; k <= targets; ++k) indices->push_back(k);
-  return MX_SUCCESS;
-}
-
-// Up to kMaxStreamTargets targets, unrolled so that each element of each array is read
-// and written once per pass, in the same loop, like the updates.
-const int kMaxStreamTargets = 5;
-
-template <int kTargets>
-void stream_span(const float* __restrict source, float* const* targets, int64_t n) {
-  float* __restrict t0 = targets[0];
-  float* __restrict t1 = kTargets > 1 ? targets[1] : nullptr;
-  float* __restrict t2 = kTargets > 2 ? targets[2] : nullptr;
-  float* __restrict t3 = kTargets > 3 ? targets[3] : nullptr;
-  float* __restrict t4 = kTargets > 4 ? targets[4] : nullptr;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float s = source[i];
-    t0[i] += s;
-    if (kTargets > 1) t1[i] += s;
-    if (kTargets > 2) t2[i] += s;
-    if (kTargets > 3) t3[i] += s;
-    if (kTargets > 4) t4[i] += s;
-  }
-}
-
-MXReturnValue stream_forward(const Attrs& attrs, std::vector<MXTensor>* in,
-                             std::vector<MXTensor>* out, const OpResource&) {
-  int count = 0;
-  if (!int_attr(attrs, "targets", 1, &count)) return MX_FAIL;
-  if (count > kMaxStreamTargets) {
-    MX_ERROR_MSG << "mxnag: mxnag_stream takes at most " << kMaxStreamTargets << " targets";
-    return MX_FAIL;
-  }
-  const float* source = in->at(1).data<float>();
-  std::vector<float*> targets{out->at(0).data<float>()};
-  for (int k = 2; k <= count; ++k) targets.push_back(in->at(k).data<float>());
-  const int64_t n = in->at(0).size();
-  if (in->at(0).data_ptr != targets[0]) std::memcpy(targets[0], in->at(0).data_ptr, n * sizeof(float));
-  for_each_span({n}, [&](size_t, int64_t begin, int64_t end) {
-    float* shifted[kMaxStreamTargets];
-    for (int k = 0; k < count; ++k) shifted[k] = targets[k] + begin;
-    switch (count) {
-      case 1: stream_span<1>(source + begin, shifted, end - begin); break;
-      case 2: stream_span<2>(source + begin, shifted, end - begin); break;
-      case 3: stream_span<3>(source + begin, shifted, end - begin); break;
-      case 4: stream_span<4>(source + begin, shifted, end - begin); break;
-      default: stream_span<5>(source + begin, shifted, end - begin); break;
-    }
-  });
-  return MX_SUCCESS;
-}
-
-// ---------------------------------------------------------------------------------------
-// mxnag_probe: what OpenMP looks like from inside MXNet's engine
 
 MXReturnValue probe_type(const Attrs&, std::vector<int>*, std::vector<int>* out) {
   out->at(0) = kInt32;
@@ -876,21 +576,8 @@ REGISTER_OP(mxnag_adan_update)
     .setMutateInputs(mutated_update_inputs<4>)
     .setForward(adan_forward, "cpu");
 
-REGISTER_OP(mxnag_copy)
-    .setParseAttrs(copy_attrs)
-    .setInferType(copy_type)
-    .setInferShape(copy_shape)
-    .setForward(copy_forward, "cpu");
-
-REGISTER_OP(mxnag_stream)
-    .setParseAttrs(stream_attrs)
-    .setInferType(stream_type)
-    .setInferShape(stream_shape)
-    .setMutateInputs(stream_mutated)
-    .setForward(stream_forward, "cpu");
-
 REGISTER_OP(mxnag_probe)
-    .setParseAttrs(copy_attrs)
+    .setParseAttrs(probe_attrs)
     .setInferType(probe_type)
     .setInferShape(probe_shape)
     .setForward(probe_forward, "cpu");
