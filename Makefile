@@ -29,11 +29,11 @@ test: $(PY) fashion-mnist
 # per class, and train the same model from scratch on those examples for comparison
 mnist: $(PY)
 	$(PY) -m pip install --quiet -e '.[cpu]'
-	$(PY) recipes/mnist_pretrain.py --model lenet --optimizer adanag --classes 0-4 --epochs 3 \
+	$(PY) recipes/mnist_pretrain.py --model lenet --optimizer adanag --classes 0-4 --epochs 3 --lr-schedule constant \
 	  --data-dir $(MNIST_DIR) --out $(RUN_DIR)/pretrain.json --save $(RUN_DIR)/lenet-0-4.params \
 	  --log $(RUN_DIR)/metrics.jsonl
 	$(PY) recipes/mnist_finetune.py --pretrained $(RUN_DIR)/lenet-0-4.params --classes 5-9 \
-	  --shots 100 --compare-scratch --data-dir $(MNIST_DIR) --out $(RUN_DIR)/finetune.json \
+	  --shots 100 --lr-schedule constant --compare-scratch --data-dir $(MNIST_DIR) --out $(RUN_DIR)/finetune.json \
 	  --log $(RUN_DIR)/metrics.jsonl
 
 clean:

@@ -30,6 +30,8 @@ def test_every_option_is_a_setting_and_per_recipe_defaults_hold():
     pre, fine = parse('pretrain'), parse('finetune', '--pretrained', 'x.params')
     assert (pre.model, pre.epochs, pre.batch_size, pre.classes) == ('lenet', 3, 128, None)
     assert (fine.model, fine.epochs, fine.batch_size, fine.classes) == (None, 20, 64, '5-9')
+    # the best known settings are the defaults: LeNet, 3 epochs, cosine: 99.33%, constant: 98.69%
+    assert pre.lr_schedule == fine.lr_schedule == 'cosine' and pre.optimizer == 'adanag'
     assert not hasattr(pre, 'pretrained') and not hasattr(fine, 'save')
     args = parse('pretrain', '--max-skips', '4', '--opt-arg', 'beta2=0.99', '--lr-step-epochs', '1,2',
                  '--amp', '--no-progress')

@@ -122,7 +122,9 @@ SETTINGS: Tuple[Setting, ...] = (
             resume=True),
     Setting('batch_size', 128, 'global batch size (default %(default)s)', type=positive_int,
             defaults={'finetune': 64}, resume=True),
-    Setting('lr_schedule', 'constant', None, choices=loop.SCHEDULES, resume=True),
+    # cosine: the best known setting (LeNet, 3 epochs, adanag: 99.33% against 98.69% constant)
+    Setting('lr_schedule', 'cosine', 'learning-rate schedule over the run, after any warm-up '
+            '(default %(default)s)', choices=loop.SCHEDULES, resume=True),
     Setting('warmup_epochs', 0.0, 'linear warm-up from 0, in epochs (default 0)',
             type=nonnegative_float, resume=True),
     Setting('lr_step_epochs', [], "for --lr-schedule step: epochs at which to multiply by "

@@ -187,6 +187,6 @@ def results_markdown(out_dir):
                      % (shots, 100 * r['test_accuracy'], 100 * r['scratch_test_accuracy']))
     r = load('finetune_all_frozen.json')
     lines.append('| all 5-9 training data, convolutions frozen | %.2f%% | - |' % (100 * r['test_accuracy']))
-    with open(os.path.join(out_dir, 'compare.md')) as f:
+    with open(os.path.join(out_dir, 'sweep.md')) as f:
         lines += ['', f.read()]
     return '\n'.join(lines)
