@@ -21,14 +21,14 @@ fashion-mnist:
 
 # the whole test suite; PyTorch is an optional cross-check (tests skip visibly without it)
 test: $(PY) fashion-mnist
-	$(PY) -m pip install --quiet -e '.[cpu,test]'
+	$(PY) -m pip install --quiet -e '.[cpu,recipes,test]'
 	$(PY) -m pip install --quiet torch==2.13.0 || echo 'PyTorch not installed: its cross-check tests will be skipped'
 	$(PY) -m pytest -ra tests
 
 # the project's main job: pretrain LeNet on digits 0-4, fine-tune on 5-9 with 100 examples
 # per class, and train the same model from scratch on those examples for comparison
 mnist: $(PY)
-	$(PY) -m pip install --quiet -e '.[cpu]'
+	$(PY) -m pip install --quiet -e '.[cpu,recipes]'
 	$(PY) recipes/mnist_pretrain.py --model lenet --optimizer adanag --classes 0-4 --epochs 3 --lr-schedule constant \
 	  --data-dir $(MNIST_DIR) --out $(RUN_DIR)/pretrain.json --save $(RUN_DIR)/lenet-0-4.params \
 	  --log $(RUN_DIR)/metrics.jsonl

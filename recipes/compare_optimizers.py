@@ -15,7 +15,7 @@ import os
 import sys
 
 from mxnag.errors import MxnagError
-from mxnag.train import checkpoint, cli, settings, sweep
+from mxnag.train import checkpoint, cli, extras, settings, sweep
 
 
 def main(argv=None):
@@ -42,6 +42,8 @@ def main(argv=None):
         if optimizer not in sweep.LR_GRID:
             raise MxnagError('--optimizers: %r is not one of %s'
                              % (optimizer, ', '.join(sweep.OPTIMIZERS)))
+    if not args.tune:  # the plot comes last: know now that it can be drawn
+        extras.require('matplotlib', "the sweep's plot")
     os.makedirs(args.out_dir, exist_ok=True)
     if args.tune:
         best = sweep.tune(models, optimizers, args.data_dir)

@@ -15,7 +15,7 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from .. import optim  # noqa: F401  (registers the mxnag optimizers)
-from . import checkpoint
+from . import checkpoint, extras
 from ..errors import MxnagError, TrainingError, WriteError
 
 SCHEDULES = ('constant', 'step', 'cosine')
@@ -176,6 +176,19 @@ class NonFiniteGuard:
         return False
 
 
+class _NoBar:
+    """What ``fit`` calls on a progress bar, doing nothing (no progress: no tqdm needed)."""
+
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **values):
+        pass
+
+    def close(self):
+        pass
+
+
 def _split(x, y, contexts):
     return (gluon.utils.split_and_load(x, contexts, even_split=False),
             gluon.utils.split_and_load(y, contexts, even_split=False))
@@ -212,7 +225,7 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
     skipped (see ``NonFiniteGuard``; ``max_skips`` in a row stop the run); each epoch's
     record counts them under ``skipped_steps``.
     """
-    from tqdm import tqdm
+    tqdm = extras.require('tqdm', 'progress bars').tqdm if progress else None
     log = log or MetricsLog(None)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     history = list(history or [])
@@ -228,7 +241,7 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
         correct = mx.nd.zeros(1, ctx=contexts[0])
         seen = 0
         bar = tqdm(total=len(train_loader), desc='epoch %d/%d' % (epoch + 1, epochs),
-                   disable=not progress, unit='batch', dynamic_ncols=True, mininterval=1.0)
+                   unit='batch', dynamic_ncols=True, mininterval=1.0) if progress else _NoBar()
         for batch, (x, y) in enumerate(train_loader):
             xs, ys = _split(x, y, contexts)
             with autograd.record():

@@ -9,6 +9,7 @@ import sys
 from mxnet import gluon
 from mxnet.gluon import nn
 
+from . import extras
 from ..errors import MxnagError
 
 MXNAG_MODELS = ('mlp', 'lenet', 'seed-cnn')
@@ -60,17 +61,20 @@ def gluoncv_model_zoo():
     """``gluoncv.model_zoo``, imported with PyTorch hidden: GluonCV 0.10 refuses to import
     when any torch other than 1.x is installed (its ``_require_pytorch_version`` raises),
     although its MXNet models never use torch."""
-    if 'gluoncv' not in sys.modules:
-        saved = sys.modules.get('torch')
-        sys.modules['torch'] = None  # makes `import torch` raise ImportError
-        try:
-            import gluoncv  # noqa: F401
-        finally:
-            if saved is None:
-                del sys.modules['torch']
-            else:
-                sys.modules['torch'] = saved
-    from gluoncv import model_zoo
+    try:
+        if 'gluoncv' not in sys.modules:
+            saved = sys.modules.get('torch')
+            sys.modules['torch'] = None  # makes `import torch` raise ImportError
+            try:
+                import gluoncv  # noqa: F401
+            finally:
+                if saved is None:
+                    del sys.modules['torch']
+                else:
+                    sys.modules['torch'] = saved
+        from gluoncv import model_zoo
+    except ImportError as err:
+        raise extras.missing('GluonCV models', err) from None
     return model_zoo
 
 

@@ -14,7 +14,7 @@ import mxnet as mx
 
 from .. import __version__
 from ..dist import worker
-from . import checkpoint, data, loop, models, settings
+from . import checkpoint, data, extras, loop, models, settings
 from ..errors import MxnagError, TrainingError, WriteError  # noqa: F401  (re-exported)
 
 
@@ -81,18 +81,20 @@ def check_outputs(args):
                 raise MxnagError('%s: %s holds %s, a name of its own checkpoints'
                                  % (s.name, directory, path), (s.name, name))
         folders.append((s.name, os.path.abspath(directory)))
-    for name, folder in folders:
+    for name, folder in folders:  # nothing is created here: the writes make their folders
+        existing = folder
+        while not os.path.isdir(existing):
+            if os.path.lexists(existing):
+                raise MxnagError('%s: cannot create the folder %s (%s is a file)'
+                                 % (name, folder, existing), (name,))
+            existing = os.path.dirname(existing)
         try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as err:
-            raise MxnagError('%s: cannot create the folder %s (%s)' % (name, folder, err.strerror or err),
-                             (name,)) from None
-        try:
-            fd, probe = tempfile.mkstemp(prefix='.mxnag-write-check.', dir=folder)
+            fd, probe = tempfile.mkstemp(prefix='.mxnag-write-check.', dir=existing)
             os.close(fd)
             os.remove(probe)
         except OSError as err:
-            raise MxnagError('%s: cannot write in the folder %s (%s)' % (name, folder, err.strerror or err),
+            what = 'write in' if existing == folder else 'create'
+            raise MxnagError('%s: cannot %s the folder %s (%s)' % (name, what, folder, err.strerror or err),
                              (name,)) from None
 
 
@@ -162,6 +164,10 @@ def prepare(args):
     """What every recipe does first: check ``args``, then ``(contexts, workers,
     train_loader, test_loader, num_classes)``."""
     check_args(args)
+    if args.model and args.model not in models.MXNAG_MODELS:
+        models.gluoncv_model_zoo()  # says now, not after loading the data, if GluonCV is missing
+    if not args.no_progress:
+        extras.require('tqdm', 'progress bars (unless no_progress)', ('no_progress',))
     contexts = loop.parse_contexts(args.ctx)
     if args.amp:
         if any(ctx.device_type != 'gpu' for ctx in contexts):

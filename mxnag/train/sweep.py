@@ -8,7 +8,7 @@ model on the first 50,000 training images per grid value, the best accuracy on t
 """
 import statistics
 
-from . import data, loop, run, settings
+from . import data, extras, loop, run, settings
 
 OPTIMIZERS = ('sgd', 'nag', 'adam', 'nadam', 'adanag', 'adan')
 # fixed hyperparameters besides the learning rate
@@ -136,7 +136,7 @@ def markdown(result):
 
 def plot(result, path):
     """Test accuracy and training loss per epoch, mean over seeds, one line per optimizer."""
-    import matplotlib
+    matplotlib = extras.require('matplotlib', 'the sweep\'s plot')
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     models = sorted({r['model'] for r in result['runs']})
