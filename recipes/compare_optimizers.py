@@ -46,7 +46,7 @@ def main(argv=None):
         extras.require('matplotlib', "the sweep's plot")
     os.makedirs(args.out_dir, exist_ok=True)
     if args.tune:
-        best = sweep.tune(models, optimizers, args.data_dir)
+        best = sweep.tune(models, optimizers, args.data_dir, report=print)
         checkpoint.write_json(os.path.join(args.out_dir, 'tuned_lr.json'), best)
         print(json.dumps(best, indent=1))
         return 0
@@ -55,7 +55,7 @@ def main(argv=None):
         with open(args.lrs) as f:
             lrs = json.load(f)
     result = sweep.compare(models, optimizers, range(args.seeds), args.epochs, args.data_dir,
-                             lrs, args.log)
+                           lrs, args.log, report=print)
     result['command'] = ' '.join(['python', 'recipes/compare_optimizers.py'] + (argv or sys.argv[1:]))
     checkpoint.write_json(os.path.join(args.out_dir, 'sweep.json'), result)
     table = sweep.markdown(result)

@@ -106,3 +106,45 @@ def test_run_cli_exit_codes_and_one_line(capsys):
 def test_a_recipe_setting_with_no_option_is_left_as_named():
     err = MxnagError('lr_multiplier: odd', ('lr_multiplier',))
     assert cli.message(err) == 'lr_multiplier: odd'
+
+
+def test_the_toolkit_logs_and_the_command_line_shows_it(tmp_path, caplog):
+    """Library code writes nothing to stderr itself: it logs (mxnag.* loggers); the recipes'
+    handler writes the same lines they always showed ('warning: ...' for a warning)."""
+    import logging
+    import subprocess
+    import sys
+    from mxnag.train import checkpoint, models
+    import mxnet as mx
+    code = ('import logging, sys\n'
+            'from mxnag.train import cli\n'
+            'def main(argv):\n'
+            '    logging.getLogger("mxnag.train.run").warning("skipping checkpoint %s: %s", "a", "bad")\n'
+            '    logging.getLogger("mxnag.train.run").info("resuming from %s (epoch %d)", "b", 2)\n'
+            '    logging.getLogger("mxnag.train.run").debug("not shown")\n'
+            '    logging.getLogger("elsewhere").warning("not ours")\n'
+            '    return 0\n'
+            'sys.exit(cli.run_cli(main, []))\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert proc.stderr.splitlines() == ['warning: skipping checkpoint a: bad', 'resuming from b (epoch 2)',
+                                        'not ours']
+    # in the library, a skipped checkpoint is a log record, not a write to stderr
+    net = models.get_model('mlp')
+    net.initialize()
+    net(mx.nd.zeros((1, 1, 28, 28)))
+    trainer = mx.gluon.Trainer(net.collect_params(), 'adanag')
+    checkpoint.save(checkpoint.epoch_prefix(str(tmp_path), 1), net, {'epoch': 1}, trainer)
+    (tmp_path / 'epoch-0001.params').write_bytes(b'damaged')
+    args = settings.namespace(model='mlp', checkpoint_dir=str(tmp_path), resume=True, epochs=1,
+                              no_progress=True)
+    loader = [(mx.nd.zeros((4, 1, 28, 28)), mx.nd.zeros((4,)))]
+
+    class Loader(list):
+        batch_size = 4
+        epoch = 0
+    with caplog.at_level(logging.INFO, logger='mxnag'):
+        run.train(net, args, Loader(loader), Loader(loader), [mx.cpu()],
+                  settings.config_of(args, num_classes=10), 'test')
+    assert [(r.name, r.levelname) for r in caplog.records] == [('mxnag.train.run', 'WARNING')]
+    assert 'epoch-0001.params: checksum mismatch' in caplog.records[0].getMessage()

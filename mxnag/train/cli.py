@@ -3,6 +3,7 @@ how a run ends: bad input with exit status 2 and one line, training that stopped
 exit status 1 and one line, each naming the option (``--max-skips``) where the library
 named the setting (``max_skips``)."""
 import argparse
+import logging
 import os
 import re
 import sys
@@ -31,10 +32,31 @@ def message(err: Exception) -> str:
     return text
 
 
+class _Formatter(logging.Formatter):
+    """The recipes' lines on stderr: a message as it is, a warning as ``warning: ...``."""
+
+    def format(self, record):
+        text = record.getMessage()
+        return text if record.levelno < logging.WARNING else '%s: %s' % (record.levelname.lower(), text)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Show the toolkit's log (``mxnag.*`` loggers) on stderr, one line per message; once."""
+    logger = logging.getLogger('mxnag')
+    if not any(getattr(h, '_mxnag_cli', False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter())
+        handler._mxnag_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]] = None) -> int:
-    """Run ``main(argv)``; bad input (``MxnagError``) ends with exit status 2 and one line
+    """Run ``main(argv)`` with the toolkit's log on stderr; bad input (``MxnagError``) ends with exit status 2 and one line
     on stderr, a training failure (``TrainingError``) with exit status 1 and one line."""
     prog = os.path.basename(sys.argv[0]) or 'mxnag'
+    configure_logging()
     try:
         return main(argv)
     except MxnagError as err:

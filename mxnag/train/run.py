@@ -4,9 +4,9 @@ data prepared, the network trained with checkpoints and resume, the results summ
 ``mxnag.train.cli`` or built by ``settings.namespace``); errors name the setting, as
 ``MxnagError`` (bad input) or ``TrainingError`` (training stopped)."""
 import contextlib
+import logging
 import os
 import re
-import sys
 import tempfile
 import time
 
@@ -16,6 +16,8 @@ from .. import __version__
 from ..dist import worker
 from . import checkpoint, data, extras, loop, models, settings
 from ..errors import MxnagError, TrainingError, WriteError  # noqa: F401  (re-exported)
+
+logger = logging.getLogger(__name__)
 
 
 def check_args(args):
@@ -233,7 +235,7 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
     if args.resume:
         prefix, saved, skipped = checkpoint.newest_good(args.checkpoint_dir)
         for bad, reason in skipped:
-            sys.stderr.write('warning: skipping checkpoint %s: %s\n' % (bad, reason))
+            logger.warning('skipping checkpoint %s: %s', bad, reason)
         if prefix is not None:
             if saved.get('mxnag_version') != __version__:
                 raise MxnagError('resume: %s was written by mxnag %s; this is mxnag %s'
@@ -250,7 +252,7 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
             elif workers.chief:
                 worker.load_server_states(workers.kvstore, prefix + '.states')
             start_epoch, history, resumed_from = saved['epoch'], saved['history'], prefix
-            sys.stderr.write('resuming from %s (epoch %d)\n' % (prefix, start_epoch))
+            logger.info('resuming from %s (epoch %d)', prefix, start_epoch)
     log = loop.MetricsLog(args.log if workers.chief else None)
     with writing(args):
         log.write(event='start', run=log_name, config=config, start_epoch=start_epoch,

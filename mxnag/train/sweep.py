@@ -6,6 +6,7 @@ Learning rates were tuned by ``recipes/compare_optimizers.py --tune``: one epoch
 model on the first 50,000 training images per grid value, the best accuracy on the last
 10,000 (never the test set) wins. ``TUNED_LR`` holds what that command printed.
 """
+import logging
 import statistics
 
 from . import data, extras, loop, run, settings
@@ -22,6 +23,7 @@ TUNED_LR = {  # printed by: python recipes/compare_optimizers.py --tune --data-d
     'lenet': {'sgd': 0.1, 'nag': 0.03, 'adam': 3e-3, 'nadam': 3e-3, 'adanag': 4e-3, 'adan': 4e-3},
 }
 TARGETS = {'mlp': 0.98, 'lenet': 0.99}
+logger = logging.getLogger(__name__)
 
 
 def run_args(model, optimizer, lr, epochs, seed, batch_size=128, data_dir=None, classes=None):
@@ -47,8 +49,10 @@ def train_once(args, train_loader, test_loader, log=None):
     return history
 
 
-def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=print):
-    """The best learning rate of each grid in ``LR_GRID`` by validation accuracy."""
+def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=None):
+    """The best learning rate of each grid in ``LR_GRID`` by validation accuracy; each
+    score goes to ``report`` (default: this module's logger)."""
+    report = report or logger.info
     splits = data.load('mnist', data_dir)
     x, y = splits['train']
     x = data.normalize(x)
@@ -74,8 +78,10 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def compare(models, optimizers, seeds, epochs, data_dir=None, lrs=None, log=None, report=print):
-    """Train every (model, optimizer, seed); returns ``{'runs': [...], 'summary': [...]}``."""
+def compare(models, optimizers, seeds, epochs, data_dir=None, lrs=None, log=None, report=None):
+    """Train every (model, optimizer, seed); returns ``{'runs': [...], 'summary': [...]}``.
+    Each run's result goes to ``report`` (default: this module's logger)."""
+    report = report or logger.info
     lrs = lrs or TUNED_LR
     splits = data.load('mnist', data_dir)
     train_x, test_x = data.normalize(splits['train'][0]), data.normalize(splits['test'][0])
