@@ -62,9 +62,10 @@ def test_cuda_arguments_match_signatures(count):
             tensors = [('grad%d' % k, _FakeArray(state_dtype, 'weight%d' % k),
                         ['%s%d' % (state, k) for state in rule.states],
                         _FakeArray('float16', 'weight16%d' % k) if dtype == 'float16' else None,
-                        1000 + k, {n: 10 * k + j + 1 for j, n in enumerate(per_tensor)})
+                        1000 + k, {n: 10 * k + j + 1 for j, n in enumerate(per_tensor)},
+                        'step%d' % k, k % 2)
                        for k in range(count)]
-            args = cuda.kernel_arguments(rule, tensors, SHARED)
+            args = cuda.kernel_arguments(rule, tensors, SHARED, 'flag', 'table', 77)
             assert len(args) == len(signature), name
             labels = [getattr(a, 'label', a) for a in args]
             # arrays: each tensor's, in declaration order, by name
@@ -72,11 +73,12 @@ def test_cuda_arguments_match_signatures(count):
             assert [label for label, _ in pointers] == [
                 x for k in range(count) for x in (['grad%d' % k, 'weight%d' % k]
                                                   + ['%s%d' % (st, k) for st in rule.states]
-                                                  + (['weight16%d' % k] if dtype == 'float16' else []))]
+                                                  + (['weight16%d' % k] if dtype == 'float16' else [])
+                                                  + ['step%d' % k])] + ['flag', 'table']
             assert [declared for _, declared in pointers] == [
                 x + ('_%d' % k if count > 1 else '') for k in range(count)
                 for x in ['grad', 'weight'] + list(rule.states)
-                + (['weight16'] if dtype == 'float16' else [])]
+                + (['weight16'] if dtype == 'float16' else []) + ['step']] + ['flag', 'table']
             # scalars: declared types, values where the names say
             for arg, declared in zip(args, signature):
                 words = declared.replace('*', ' * ').split()
@@ -92,6 +94,10 @@ def test_cuda_arguments_match_signatures(count):
                             assert arg == expected, (name, param)
                     if param == 'n' + suffix:
                         assert arg == 1000 + k
+                    if param == 'step_slot' + suffix:
+                        assert arg == k % 2
+                if param == 'table_rows':
+                    assert arg == 77
                 if param in SHARED:
                     assert arg == type(arg)(-1.0 if SHARED[param] is None else SHARED[param]), param
             # the source's entry point declares the same names in the same order
@@ -136,24 +142,29 @@ def test_rtc_launches_on_the_weights_context(monkeypatch):
     states32 = (mx.nd.zeros((3, 4)), mx.nd.zeros((3, 4)))
     states16 = (mx.nd.zeros((5,)), mx.nd.zeros((5,)))
     states_a, states_b = (mx.nd.zeros((700,)), mx.nd.zeros((700,))), (mx.nd.zeros((2,)), mx.nd.zeros((2,)))
+    steps = [mx.nd.zeros((2,), dtype='float64') for _ in range(4)]
+    flag, table = mx.nd.ones((1,)), mx.nd.ones((9, 3), dtype='float64')
     cuda.update(RULES['adanag'], [w32, w16, wa, wb], [w32, w16, wa, wb],
                 [states32, states16, states_a, states_b], [None, master, None, None],
                 {'rescale_grad': 0.5, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.999,
                  'epsilon': 1e-8},
                 {'wd_into_grad': [0.0, 0.1, 0.2, 0.3], 'weight_scale': [0.99, 1.0, 0.98, 0.97],
                  'grad_coef': [1e-3, 2e-3, 3e-3, 4e-3], 'mean_coef': [1e-2, 2e-2, 3e-2, 4e-2],
-                 'var_scale': [1.5, 2.5, 3.5, 4.5]})
+                 'var_scale': [1.5, 2.5, 3.5, 4.5]},
+                steps, [0, 1, 0, 1], flag, table)
     assert [name for name, _ in kernels_made] == ['mxnag_adanag_f32_x2', 'mxnag_adanag_f32',
                                                   'mxnag_adanag_f16mp']
     assert kernels_made[2][1] == cuda.kernel_signature(RULES['adanag'], 'float16')
     (_, args0, ctx0, grid0, _), (_, args1, _, grid1, _), (_, args2, _, _, block2) = launches
-    assert args0[1] is w32 and args0[2:4] == list(states32) and args0[5] is wa
-    assert args0[-2:] == [12, 700] and grid0 == (3, 2, 1)
-    assert args0[-3] == np.float32(3.5) and args0[-8] == np.float32(1.5)  # var_scale of wa, w32
-    assert args1[1] is wb and args1[-1] == 2 and grid1 == (1, 1, 1)
-    assert args2[1] is master and args2[4] is w16 and args2[-1] == 5
-    assert args2[5] == np.float32(0.5) and args2[6] == np.float32(-1.0)  # rescale, clip off
-    assert args2[-2] == np.float32(2.5) and ctx0 == w32.context
+    assert args0[1] is w32 and args0[2:4] == list(states32) and args0[4] is steps[0]
+    assert args0[6] is wa and args0[9] is steps[2] and args0[15:17] == [flag, table]
+    assert args0[17] == 9 and args0[-2:] == [12, 700] and grid0 == (3, 2, 1)
+    assert args0[-4] == np.float32(3.5) and args0[-10] == np.float32(1.5)  # var_scale of wa, w32
+    assert args0[-3] == 0 and args0[-9] == 0  # the slots of wa and w32
+    assert args1[1] is wb and args1[-1] == 2 and args1[-2] == 1 and grid1 == (1, 1, 1)
+    assert args2[1] is master and args2[4] is w16 and args2[5] is steps[1] and args2[-1] == 5
+    assert args2[6] == np.float32(0.5) and args2[7] == np.float32(-1.0)  # rescale, clip off
+    assert args2[-3] == np.float32(2.5) and args2[-2] == 1 and ctx0 == w32.context
     assert block2 == (cuda.THREADS_PER_BLOCK, 1, 1)
 
 
@@ -184,6 +195,8 @@ def test_cuda_kernels_under_cupy_match_reference(name, dtype, count, rng):
     opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, clip_gradient=2.0)
     state_dtype = np.float32 if dtype == 'float16' else dtype
     problems, tensors = [], []
+    flag = cupy.ones(1, cupy.float32)
+    table = cupy.asarray(np.array([opt._step_factors(t) for t in range(1, STEPS + 1)], np.float64))
     for shape in GROUP_SHAPES[:count]:
         w0, grads = random_problem(rng, shape)
         if dtype == 'float16':
@@ -191,14 +204,15 @@ def test_cuda_kernels_under_cupy_match_reference(name, dtype, count, rng):
         problems.append((w0, grads))
         tensors.append([None, cupy.asarray(w0.astype(state_dtype)),
                         [cupy.zeros(w0.shape, state_dtype) for _ in rule.states],
-                        cupy.asarray(w0) if dtype == 'float16' else None, w0.size, None])
+                        cupy.asarray(w0) if dtype == 'float16' else None, w0.size, None,
+                        cupy.zeros(2, cupy.float64), 0])
+    coefs = opt._scalars(0.01, 0.02)
     for step in range(STEPS):
-        opt._update_count(0)
-        coefs = opt._coefficients(opt._index_update_count[0], opt._get_lr(0), opt._get_wd(0))
         for tensor, (_, grads) in zip(tensors, problems):
-            tensor[0], tensor[5] = cupy.asarray(grads[step].astype(dtype)), coefs
+            tensor[0], tensor[5], tensor[7] = cupy.asarray(grads[step].astype(dtype)), coefs, step % 2
         grid, block = cuda.launch_shape([tensor[4] for tensor in tensors])
-        kernel(grid, block, tuple(cuda.kernel_arguments(rule, tensors, opt._shared_coefficients())))
+        kernel(grid, block, tuple(cuda.kernel_arguments(rule, tensors, opt._shared_coefficients(),
+                                                        flag, table, STEPS)))
     bound = FLOAT64_BOUND if dtype == 'float64' else FLOAT32_BOUND
     for (w0, grads), (_, weight, _, weight16, _, _) in zip(problems, tensors):
         ref = BY_NAME[name].reference(w0, grads, [0.01] * STEPS, wd=0.02, clip=2.0)

@@ -53,7 +53,8 @@ def test_float16_multi_precision(name, rng):
     opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.02, multi_precision=True)
     w, updater = run_updater(opt, w0, grads, dtype='float16')
     master, states = updater.states[0]
-    assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in states)
+    assert master.dtype == np.float32 and all(s.dtype == np.float32 for s in states[:-1])
+    assert states[-1].dtype == np.float64  # the step count, on the device
     ref = BY_NAME[name].reference(w0, grads, [0.01] * STEPS, wd=0.02)
     assert relative_error(w0, master.asnumpy(), ref) < FLOAT32_BOUND
     assert w.dtype == np.float16
@@ -144,7 +145,7 @@ def test_states_live_on_weight_context(name):
     ctx = mx.cpu(1)
     opt = mx.optimizer.create(name)
     state = opt.create_state_multi_precision(0, mx.nd.ones((3,), ctx=ctx))
-    assert len(state) == len(opt.rule.states)
+    assert len(state) == len(opt.rule.states) + 1  # and the step count
     assert all(s.context == ctx for s in state)
 
 

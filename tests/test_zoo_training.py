@@ -66,18 +66,20 @@ def fused(monkeypatch):
 STEP_BOUND = 1e-4
 
 
-def _checked(fused_update, composed_update, pending, algorithm, weights, grads, states, masters,
-             shared, per_tensor):
+def _checked(fused_update, composed_update, pending, rule, weights, grads, states, masters,
+             shared, per_tensor, step_arrays, slots, flag, table):
     """``fused_update`` on the arrays, ``composed_update`` on copies made before it (MXNet's
     copy reads any layout); the arrays to compare go to ``pending`` (compared after the
     run by ``_step_errors``: reading them now would wait for the engine and change the
     order in which layouts change)."""
     before = [w.copy() for w in weights]
     copies = [w.copy() for w in weights], [g.copy() for g in grads], \
-        [tuple(s.copy() for s in state) for state in states]
-    fused_update(algorithm, weights, grads, states, masters, shared, per_tensor)
+        [tuple(s.copy() for s in state) for state in states], [a.copy() for a in step_arrays]
+    fused_update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots,
+                 flag, table)
     after = [w.copy() for w in weights], [tuple(s.copy() for s in state) for state in states]
-    composed_update(algorithm, *copies, masters, shared, per_tensor)
+    composed_update(rule, copies[0], copies[1], copies[2], masters, shared, per_tensor, copies[3],
+                    slots, flag, table)
     pending.append((before, after, (copies[0], copies[2])))
 
 
@@ -250,10 +252,14 @@ def test_the_operator_refuses_a_group_of_mixed_dtypes(rng):
     w32, w64 = nd.array(rng.standard_normal(100)), nd.array(rng.standard_normal(100), dtype='float64')
     before = w64.asnumpy()
     inputs = [w32, w32.copy(), nd.zeros(100), nd.zeros(100),
-              w64, w64.copy(), nd.zeros(100, dtype='float64'), nd.zeros(100, dtype='float64')]
+              w64, w64.copy(), nd.zeros(100, dtype='float64'), nd.zeros(100, dtype='float64'),
+              nd.ones((1,)), nd.ones((4, 3), dtype='float64'),
+              nd.zeros((2,), dtype='float64'), nd.zeros((2,), dtype='float64')]
     keys = ['num_weights', 'multi_precision', 'rescale_grad', 'clip_gradient', 'beta1', 'beta2',
-            'epsilon', 'wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale']
-    values = ['2', '0', '1.0', '-1.0', '0.9', '0.999', '1e-08'] + ['0.0,0.0'] + ['1.0,1.0'] * 4
+            'epsilon', 'wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale',
+            'step_scalars', 'step_slot']
+    values = ['2', '0', '1.0', '-1.0', '0.9', '0.999', '1e-08'] + ['0.0,0.0'] + ['1.0,1.0'] * 4 + \
+        ['grad_coef,mean_coef,var_scale', '0,0']
     with pytest.raises(mx.base.MXNetError, match='weight 1 is float64, weight 0 float32; one fused '
                                                  'update call takes weights of one dtype'):
         fused_cpu.invoke('mxnag_adanag_update', inputs, keys, values, [w32, w64])

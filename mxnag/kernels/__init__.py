@@ -18,11 +18,43 @@ Nothing here synchronises with the host, and nothing here knows an optimizer by 
 Only ``mxnet.ndarray`` is imported at module level (a kvstore server unpickling an
 optimizer has no more); the library and ``mx.rtc`` are loaded on the first update.
 """
+from typing import Callable, List, NamedTuple
+
 import numpy
 
 from . import composed, cuda, fused_cpu
 
-__all__ = ['multi_update', 'update', 'backend_for', 'set_fused']
+__all__ = ['multi_update', 'update', 'backend_for', 'set_fused', 'StepCounts']
+
+
+class StepCounts(NamedTuple):
+    """The device side of a group's step counts (see ``optim.base.StepRule``).
+
+    ``arrays[k]``: weight k's float64 step count array of two slots; ``slots[k]``: the
+    slot this step reads (it writes the other: the count plus one if the step applies,
+    else the count); ``device_inputs(context)``: ``(flag, table)`` on ``context``, a
+    float32 array of one element (0: skip the step) and the float64 table whose row
+    ``t - 1`` holds the factors of ``rule.step_scalars`` at step ``t``."""
+    arrays: List
+    slots: List[int]
+    device_inputs: Callable
+
+
+def _fixed_steps(weights, rule):
+    """Step counts for a call that gives its scalars whole: every step applies, and the
+    step scalars are multiplied by 1."""
+    from mxnet import ndarray as nd
+    tables = {}
+
+    def device_inputs(context):
+        key = (context.device_typeid, context.device_id)
+        if key not in tables:
+            tables[key] = (nd.ones((1,), ctx=context),
+                           nd.ones((1, max(1, len(rule.step_scalars))), ctx=context,
+                                   dtype=numpy.float64))
+        return tables[key]
+    return StepCounts([nd.zeros((2,), ctx=w.context, dtype=numpy.float64) for w in weights],
+                      [0] * len(weights), device_inputs)
 
 _FUSED_DTYPES = (numpy.float32, numpy.float64)
 # Host memory, as MXNet names it: a kvstore keeps its copies of the weights (which
@@ -68,7 +100,8 @@ def update(rule, weight, grad, state, scalars):
                  {name: [value] if name in per_tensor else value for name, value in scalars.items()})
 
 
-def multi_update(rule, weights, grads, states, scalars, *, masters=None, placement=None):
+def multi_update(rule, weights, grads, states, scalars, *, masters=None, placement=None,
+                 steps=None):
     """One step of ``rule`` for a group of parameters, in place.
 
     ``states[k]`` is the tuple of state arrays of ``weights[k]`` (in ``rule.states``'
@@ -76,9 +109,10 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
     ``rule.per_tensor`` to a sequence with one number per weight; ``masters`` None, or
     the float32 master weights of float16 ``weights`` (states then float32, updated with
     the master, and the float16 weight written from it in the same pass); ``placement``
-    None, or each weight's ``(dtype, context)`` when the caller knows them. The group is
-    split by backend, context and dtype; a part on the fused CPU backend is one operator
-    call (the usual case: the whole group)."""
+    None, or each weight's ``(dtype, context)`` when the caller knows them; ``steps`` the
+    group's ``StepCounts`` (None: the scalars are whole and the step applies). The group
+    is split by backend, context and dtype; a part on the fused CPU backend is one
+    operator call (the usual case: the whole group)."""
     missing = [name for name in rule.shared + rule.per_tensor if name not in scalars]
     if missing:
         raise ValueError('%s update: missing scalars %s' % (rule.name, ', '.join(missing)))
@@ -87,7 +121,9 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
     count = len(weights)
     if placement is None:
         placement = [(weight.dtype, weight.context) for weight in weights]
-    if not (len(grads) == len(states) == len(placement) == count
+    if steps is None:
+        steps = _fixed_steps(weights, rule)
+    if not (len(grads) == len(states) == len(placement) == len(steps.arrays) == count
             and all(len(v) == count for v in per_tensor.values())
             and (masters is None or len(masters) == count)):
         raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
@@ -119,5 +155,8 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
             run = cuda.update
         else:
             run = composed.update
+        first = members[0] if members is not None else 0
+        flag, table = steps.device_inputs(placement[first][1])
         run(rule, pick(weights), pick(grads), pick(states), pick(masters) if has_master else None,
-            shared, {name: pick(values) for name, values in per_tensor.items()})
+            shared, {name: pick(values) for name, values in per_tensor.items()},
+            pick(steps.arrays), pick(steps.slots), flag, table)

@@ -74,7 +74,8 @@ def _suffix(k, count):
 
 def _parameters(rule, dtype, count):
     """[(mx.rtc type with '*' for arrays and 'const ' for inputs, name)] of an entry point:
-    each tensor's arrays, the shared scalars, each tensor's scalars, each tensor's size."""
+    each tensor's arrays and step count, the shared scalars, the step flag and factor
+    table, each tensor's scalars and step slot, each tensor's size."""
     scalar = _SCALAR_TYPE[dtype]
     params = []
     for k in range(count):
@@ -84,10 +85,13 @@ def _parameters(rule, dtype, count):
         params += [('%s *' % scalar, state + suffix) for state in rule.states]
         if dtype == 'float16':
             params.append(('__half *', 'weight16' + suffix))
+        params.append(('double *', 'step' + suffix))
     params += [(scalar, name) for name in rule.shared]
+    params += [('const float *', 'flag'), ('const double *', 'table'), ('int64_t', 'table_rows')]
     for k in range(count):
         params += [('int' if name in rule.flags else scalar, name + _suffix(k, count))
                    for name in rule.per_tensor]
+        params.append(('int', 'step_slot' + _suffix(k, count)))
     params += [('int64_t', 'n' + _suffix(k, count)) for k in range(count)]
     return params
 
@@ -100,7 +104,9 @@ def kernel_signature(rule, dtype: str, count: int = 1) -> str:
 
 def _entry_point(rule, dtype, count):
     """The ``extern "C" __global__`` function of ``kernel_name(rule, dtype, count)``:
-    ``blockIdx.y`` picks the tensor, whose update is the device function of the source."""
+    ``blockIdx.y`` picks the tensor, whose step count ``mxnag_step_row`` advances and
+    whose update (when the step applies) is the device function of the source, with each
+    step scalar its multiplier times the factor table's entry at the new count."""
     params = _parameters(rule, dtype, count)
     declared = []
     for kind, name in params:
@@ -112,47 +118,65 @@ def _entry_point(rule, dtype, count):
     scalar = _SCALAR_TYPE[dtype]
     grad_type = 'mxnag_half_bits' if dtype == 'float16' else scalar
     half_out = 'true' if dtype == 'float16' else 'false'
-    calls = []
+    columns = len(rule.step_scalars)
+    blocks = []
     for k in range(count):
         suffix = _suffix(k, count)
         args = [a + suffix for a in ['grad', 'weight'] + list(rule.states)]
         args.append('weight16' + suffix if dtype == 'float16' else '0')
-        args += list(rule.shared) + [n + suffix for n in rule.per_tensor] + ['n' + suffix]
-        calls.append('mxnag_%s_body<%s, %s, %s>(%s);' % (rule.name, scalar, grad_type, half_out,
-                                                         ', '.join(args)))
+        args += list(rule.shared)
+        for name in rule.per_tensor:
+            if name not in rule.step_scalars:
+                args.append(name + suffix)
+                continue
+            factor = 'table[row * %d + %d]' % (columns, rule.step_scalars.index(name))
+            if name in rule.flags:
+                args.append('(%s%s != 0 && %s != 0.0)' % (name, suffix, factor))
+            else:
+                args.append('(%s)((double)%s%s * %s)' % (scalar, name, suffix, factor))
+        args.append('n' + suffix)
+        blocks.append(
+            '{\n    const long long row = mxnag_step_row(flag, step%s, step_slot%s, table_rows);\n'
+            '    if (row >= 0) mxnag_%s_body<%s, %s, %s>(%s);\n  }'
+            % (suffix, suffix, rule.name, scalar, grad_type, half_out, ', '.join(args)))
     if count == 1:
-        body = '  ' + calls[0]
+        body = '  ' + blocks[0]
     else:
         body = '  switch (blockIdx.y) {\n%s\n  }' % '\n'.join(
-            '    case %d: %s break;' % (k, call) for k, call in enumerate(calls))
+            '    case %d: %s break;' % (k, block.replace('\n', '\n  ')) for k, block in enumerate(blocks))
     return 'extern "C" __global__ void %s(%s) {\n%s\n}\n' % (
         kernel_name(rule, dtype, count), ', '.join(declared), body)
 
 
-def kernel_arguments(rule, tensors, shared):
+def kernel_arguments(rule, tensors, shared, flag, table, table_rows):
     """The argument list of an entry point for ``tensors``, in its order.
 
-    ``tensors``: one ``(grad, weight, states, weight16, size, coefs)`` per tensor: its
-    arrays (``weight`` the float32 master weight when ``weight16`` is given, else
-    ``weight16`` None), its number of elements and its scalars (``coefs``, by name);
-    ``shared``: the scalars of the whole launch. Scalars are NumPy scalars of the kernel's
-    parameter types (float32 or float64, int32, int64), as both mx.rtc and CuPy pass them
-    by their type."""
+    ``tensors``: one ``(grad, weight, states, weight16, size, coefs, step, slot)`` per
+    tensor: its arrays (``weight`` the float32 master weight when ``weight16`` is given,
+    else ``weight16`` None), its number of elements, its scalars (``coefs``, by name; a
+    step scalar's is its multiplier), its step count array and the slot read; ``shared``:
+    the scalars of the whole launch; ``flag``, ``table`` and ``table_rows``: the step flag,
+    the factor table and its rows. Scalars are NumPy scalars of the kernel's parameter
+    types (float32 or float64, int32, int64), as both mx.rtc and CuPy pass them by their
+    type."""
     half = tensors[0][3] is not None
     dtype = 'float16' if half else numpy.dtype(tensors[0][1].dtype).name
     real = numpy.float64 if dtype == 'float64' else numpy.float32
     args = []
-    for grad, weight, states, weight16, _, _ in tensors:
+    for grad, weight, states, weight16, _, _, step, _ in tensors:
         args += [grad, weight] + list(states)
         if half:
             args.append(weight16)
+        args.append(step)
     for name in rule.shared:
         value = shared[name]
         args.append(real(-1.0 if value is None else value) if name == 'clip_gradient' else real(value))
-    for _, _, _, _, _, coefs in tensors:
+    args += [flag, table, numpy.int64(table_rows)]
+    for _, _, _, _, _, coefs, _, slot in tensors:
         args += [numpy.int32(bool(coefs[name])) if name in rule.flags else real(coefs[name])
                  for name in rule.per_tensor]
-    args += [numpy.int64(size) for _, _, _, _, size, _ in tensors]
+        args.append(numpy.int32(slot))
+    args += [numpy.int64(tensor[4]) for tensor in tensors]
     return args
 
 
@@ -201,10 +225,12 @@ def _kernel(rule, dtype, count):
     return _KERNELS[key]
 
 
-def update(rule, weights, grads, states, masters, shared, per_tensor):
+def update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots, flag,
+           table):
     """One fused step of ``rule`` for a group of parameters on one GPU context; same
     arguments as ``fused_cpu.update``. Launches up to 8 tensors of one dtype at a time.
     Never synchronises with the host."""
+    rows = table.shape[0]
     by_dtype = {}
     for k, weight in enumerate(weights):
         by_dtype.setdefault(numpy.dtype(weight.dtype).name, []).append(k)
@@ -218,9 +244,12 @@ def update(rule, weights, grads, states, masters, shared, per_tensor):
                 coefs = {name: values[k] for name, values in per_tensor.items()}
                 size = weights[k].size
                 if master is not None:
-                    tensors.append((grads[k], master, states[k], weights[k], size, coefs))
+                    tensors.append((grads[k], master, states[k], weights[k], size, coefs,
+                                    step_arrays[k], slots[k]))
                 else:
-                    tensors.append((grads[k], weights[k], states[k], None, size, coefs))
+                    tensors.append((grads[k], weights[k], states[k], None, size, coefs,
+                                    step_arrays[k], slots[k]))
             grid, block = launch_shape([tensor[4] for tensor in tensors])
-            _kernel(rule, dtype, count).launch(kernel_arguments(rule, tensors, shared),
-                                               weights[chunk[0]].context, grid, block)
+            _kernel(rule, dtype, count).launch(
+                kernel_arguments(rule, tensors, shared, flag, table, rows),
+                weights[chunk[0]].context, grid, block)

@@ -145,14 +145,17 @@ def to_default_layout(weights):
 _SHAPE_KEY = (ctypes.c_char_p * 1)(b'shape')
 
 
-def update(rule, weights, grads, states, masters, shared, per_tensor):
+def update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots, flag,
+           table):
     """One fused step of ``rule`` for a group of parameters of one dtype on one CPU context.
 
     ``states[k]`` is the tuple of state arrays of weight k; ``masters`` is None or, for
     float16 weights, their float32 master weights; ``shared`` maps the rule's group-wide
-    scalars to numbers, ``per_tensor`` its per-tensor ones to sequences. Weights in
-    oneDNN's layouts are accepted (``to_default_layout``); gradients are too (MXNet gives
-    an extension operator a default-layout copy of such an input).
+    scalars to numbers, ``per_tensor`` its per-tensor ones to sequences (a step scalar's
+    values are multipliers of the table's factors); ``step_arrays``, ``slots``, ``flag``
+    and ``table`` are the step counts (``kernels.StepCounts``). Weights in oneDNN's
+    layouts are accepted (``to_default_layout``); gradients are too (MXNet gives an
+    extension operator a default-layout copy of such an input).
     """
     if masters is None and weights[0].dtype is numpy.float32:  # a group has one dtype
         to_default_layout(weights)
@@ -163,6 +166,9 @@ def update(rule, weights, grads, states, masters, shared, per_tensor):
         inputs.extend(state)
         if masters is not None:
             inputs.append(masters[k])
+    inputs.append(flag)
+    inputs.append(table)
+    inputs.extend(step_arrays)
     values = [str(len(weights)), '1' if masters is not None else '0']
     for name in rule.shared:
         value = shared[name]
@@ -176,8 +182,13 @@ def update(rule, weights, grads, states, masters, shared, per_tensor):
                 text = texts[value] = repr(float(value))
             column.append(text)
         values.append(','.join(column))
-    invoke('mxnag_%s_update' % rule.name, inputs, _LAYOUT_KEYS + list(rule.shared + rule.per_tensor),
-           values, list(weights))
+    values.append(','.join(rule.step_scalars))
+    values.append(','.join('1' if slot else '0' for slot in slots))
+    invoke('mxnag_%s_update' % rule.name, inputs,
+           _LAYOUT_KEYS + list(rule.shared + rule.per_tensor) + _STEP_KEYS, values, list(weights))
+
+
+_STEP_KEYS = ['step_scalars', 'step_slot']
 
 
 def probe():

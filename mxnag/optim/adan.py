@@ -28,7 +28,9 @@ def adan_step(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_grad
     ``weight /= weight_divisor``.
     """
     g = preprocess_grad(weight, grad, rescale_grad, 0.0, clip_gradient)
-    if first_step:
+    if isinstance(first_step, nd.NDArray):  # 1 or 0, taken on the device
+        prev_grad[:] = nd.where(first_step, g, prev_grad)
+    elif first_step:
         g.copyto(prev_grad)
     diff = g - prev_grad
     mean *= beta1
@@ -51,7 +53,8 @@ RULE = StepRule(
     name='adan', states=('mean', 'diff_mean', 'sq_mean', 'prev_grad'),
     shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon'),
     per_tensor=('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_scale', 'weight_divisor'),
-    flags=('first_step',), step=adan_step)
+    flags=('first_step',), step_scalars=('first_step', 'mean_coef', 'diff_coef', 'sq_scale'),
+    step=adan_step)
 
 
 @Optimizer.register
@@ -110,11 +113,15 @@ class Adan(MxnagOptimizer):
                 'beta1': self.beta1, 'beta2': self.beta2, 'beta3': self.beta3,
                 'epsilon': self.epsilon}
 
-    def _coefficients(self, t, lr, wd):
-        """The scalars of one parameter at its step ``t`` (see the class docstring)."""
-        return {'first_step': self._is_first_step(t),
-                'mean_coef': lr / (1.0 - self.beta1 ** t),
-                'diff_coef': lr * self.beta2 / (1.0 - self.beta2 ** t),
-                'sq_scale': (1.0 - self.beta3 ** t) ** -0.5,
+    def _scalars(self, lr, wd):
+        """One parameter's scalars (see the class docstring); the step scalars'
+        multipliers: ``lr`` for mean_coef and diff_coef, 1 for first_step and sq_scale."""
+        return {'first_step': 1.0, 'mean_coef': lr, 'diff_coef': lr, 'sq_scale': 1.0,
                 'weight_scale': 1.0 - lr * wd if self.no_prox else 1.0,
                 'weight_divisor': 1.0 if self.no_prox else 1.0 + lr * wd}
+
+    def _step_factors(self, t):
+        """first_step (1 at a parameter's first step, t = begin_num_update + 1), mean_coef / lr,
+        diff_coef / lr and sq_scale at step ``t``."""
+        return (1.0 if t == self.begin_num_update + 1 else 0.0, 1.0 / (1.0 - self.beta1 ** t),
+                self.beta2 / (1.0 - self.beta2 ** t), (1.0 - self.beta3 ** t) ** -0.5)

@@ -41,7 +41,7 @@ RULE = StepRule(
     name='adanag', states=('mean', 'var'),
     shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'epsilon'),
     per_tensor=('wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale'),
-    flags=(), step=adanag_step)
+    flags=(), step_scalars=('grad_coef', 'mean_coef', 'var_scale'), step=adanag_step)
 
 
 @Optimizer.register
@@ -116,12 +116,16 @@ class AdaNAG(MxnagOptimizer):
         return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,
                 'beta1': self.beta1, 'beta2': self.beta2, 'epsilon': self.epsilon}
 
-    def _coefficients(self, t, lr, wd):
-        """The scalars of one parameter at its step ``t`` (see the class docstring)."""
-        mu, mu_next = self._mu(t), self._mu(t + 1)
-        prod = self._mu_product(t)
+    def _scalars(self, lr, wd):
+        """One parameter's scalars (see the class docstring); the step scalars'
+        multipliers: ``lr`` for grad_coef and mean_coef, 1 for var_scale."""
         return {'wd_into_grad': 0.0 if self.decoupled_wd else wd,
                 'weight_scale': 1.0 - lr * wd if self.decoupled_wd else 1.0,
-                'grad_coef': lr * (1.0 - mu) / (1.0 - prod),
-                'mean_coef': lr * mu_next / (1.0 - prod * mu_next),
-                'var_scale': (1.0 - self.beta2 ** t) ** -0.5}
+                'grad_coef': lr, 'mean_coef': lr, 'var_scale': 1.0}
+
+    def _step_factors(self, t):
+        """grad_coef / lr, mean_coef / lr and var_scale at step ``t``."""
+        mu, mu_next = self._mu(t), self._mu(t + 1)
+        prod = self._mu_product(t)
+        return ((1.0 - mu) / (1.0 - prod), mu_next / (1.0 - prod * mu_next),
+                (1.0 - self.beta2 ** t) ** -0.5)

@@ -23,20 +23,27 @@ from .. import kernels
 class StepRule(NamedTuple):
     """The maths of one optimizer step, declared once, as every backend reads it.
 
-    The optimizer computes every scalar on the host from a parameter's step count
-    (``_shared_coefficients``, ``_coefficients``); ``step`` applies them with NDArray
+    The optimizer computes the scalars on the host: ``_shared_coefficients()`` (those
+    every parameter shares), ``_scalars(lr, wd)`` (each parameter's) and
+    ``_step_factors(t)`` (what depends on the parameter's step count ``t``). A scalar
+    named in ``step_scalars`` is ``_scalars``' value (a multiplier, e.g. the learning
+    rate) times column j of ``_step_factors(t)``, taken on the device at the step count
+    the device keeps: a step whose gradients are not finite is skipped there without
+    advancing ``t``, and the host never reads it. ``step`` applies the scalars with NDArray
     operators, in place: ``step(weight, grad, *states, **scalars)`` (the readable step,
-    and the composed backend). The fused backends run the same maths: the C++ operator
+    and the composed backend; a step scalar may arrive as an NDArray of the weight's
+    shape). The fused backends run the same maths: the C++ operator
     ``mxnag_<name>_update`` (src/fused_cpu.cc) and the CUDA device function
     ``mxnag_<name>_body`` (src/fused_cuda.cu), which take the states and scalars in the
     orders given here; an optimizer whose maths is a rule that exists (NAdamW is
     AdaNAG's rule with other scalars) needs no kernel of its own, and a rule with no
     kernel runs composed."""
     name: str
-    states: Tuple[str, ...]       # state arrays, each of the weight's shape
-    shared: Tuple[str, ...]       # scalars every parameter of a group shares
-    per_tensor: Tuple[str, ...]   # scalars of each parameter
-    flags: Tuple[str, ...]        # per-tensor scalars that are booleans (ints in CUDA)
+    states: Tuple[str, ...]        # state arrays, each of the weight's shape
+    shared: Tuple[str, ...]        # scalars every parameter of a group shares
+    per_tensor: Tuple[str, ...]    # scalars of each parameter
+    flags: Tuple[str, ...]         # per-tensor scalars that are booleans (ints in CUDA)
+    step_scalars: Tuple[str, ...]  # per-tensor scalars scaled by _step_factors(t), in order
     step: Callable
 
 
@@ -98,8 +105,17 @@ class MxnagOptimizer(Optimizer):
 
     A subclass declares its step (``rule``, a ``StepRule``: its states, the names of its
     scalars, the readable step) and computes the scalars: ``_shared_coefficients()``
-    (those every parameter shares) and ``_coefficients(t, lr, wd)`` (one parameter's at
-    its step ``t``). ``mxnag.kernels`` runs the rule on the fastest backend.
+    (those every parameter shares), ``_scalars(lr, wd)`` (one parameter's) and
+    ``_step_factors(t)`` (those that depend on its step ``t``). ``mxnag.kernels`` runs the
+    rule on the fastest backend.
+
+    Step counts live on the device, beside the states (a float64 array of two slots per
+    parameter, read and written alternately), so that a step can be skipped there:
+    ``set_finite_flag(flag)`` hands over an NDArray (MXNet's ``multi_all_finite`` of the
+    gradients, say) that the update reads; where it is 0 the weights, states and step
+    counts stay as they are, as if the step had not been attempted, with no host read.
+    The learning-rate schedule counts attempted steps (``num_update``), as PyTorch's
+    schedulers do.
 
     ``aggregate_num`` (default ``$MXNAG_AGGREGATE_NUM`` or 32; 0 turns grouping off) is
     how many parameters MXNet's Updater hands over per call; each group is one fused
@@ -135,13 +151,66 @@ class MxnagOptimizer(Optimizer):
             raise ValueError('%s: aggregate_num must be an integer >= 0, got %r' % (owner, aggregate_num))
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.aggregate_num = int(aggregate_num)  # MXNet's Updater groups updates when > 0
-        self._arrays = {}  # index -> [(weight, gradient, (dtype, context)), ...]; _placement
+        self._init_device_side()
+
+    def _init_device_side(self):
+        """What lives on devices and is made again after unpickling: the arrays a
+        parameter comes with (``_placement``), the step-factor tables and flags."""
+        self._arrays = {}  # index -> [(weight, gradient, (dtype, context)), ...]
+        self._factor_rows = []  # _step_factors(t) for t = 1, 2, ... (host, float64)
+        self._tables = {}  # context key -> (rows, float64 NDArray (rows, len(step_scalars)))
+        self._flags = {}  # context key -> float32 NDArray (1,): 0 skips the step
+        self._flag_source = None
+
+    # -- skipping non-finite steps on the device ----------------------------------
+    def set_finite_flag(self, flag):
+        """Use ``flag`` (a float32 NDArray of one element, e.g.
+        ``nd.multi_all_finite(*grads, num_arrays=len(grads))``, or a list of them, one per
+        context) for the updates that follow: where it is 0 they leave weights, states
+        and step counts untouched. None: every step applies (the default). Nothing is
+        read on the host; a context without its own flag gets a copy of the first."""
+        self._flags = {}
+        self._flag_source = None
+        if flag is None:
+            return
+        flags = list(flag) if isinstance(flag, (list, tuple)) else [flag]
+        for array in flags:
+            self._flags[_context_key(array.context)] = array
+        self._flag_source = flags[0]
+
+    def _flag_for(self, context):
+        key = _context_key(context)
+        flag = self._flags.get(key)
+        if flag is None:
+            flag = (nd.ones((1,), ctx=context) if self._flag_source is None
+                    else self._flag_source.as_in_context(context))
+            self._flags[key] = flag
+        return flag
+
+    def _table_for(self, context, steps):
+        """The float64 table of ``_step_factors(t)`` for t = 1 .. at least ``steps`` on
+        ``context`` (rows grow by doubling: one upload every so many steps)."""
+        key = _context_key(context)
+        rows, table = self._tables.get(key, (0, None))
+        if rows < steps:
+            rows = max(steps, 2 * rows, 1024)
+            factors = self._factor_rows
+            while len(factors) < rows:
+                factors.append(tuple(self._step_factors(len(factors) + 1)))
+            table = nd.array(numpy.array(factors[:rows], dtype=numpy.float64), ctx=context,
+                             dtype=numpy.float64)
+            self._tables[key] = (rows, table)
+        return table
 
     # -- states ---------------------------------------------------------------
     def create_state(self, index, weight):
+        """The rule's states (zeros of the weight's shape and dtype) and, last, the
+        parameter's step count on the device (float64, two slots; ``begin_num_update``
+        before the first step, as MXNet's optimizers count)."""
         _check_dense(self, index, weight, 'weight')
         return tuple(nd.zeros(weight.shape, ctx=weight.context, dtype=weight.dtype)
-                     for _ in self.rule.states)
+                     for _ in self.rule.states) + \
+            (nd.full((2,), self.begin_num_update, ctx=weight.context, dtype=numpy.float64),)
 
     # -- one step -------------------------------------------------------------
     def update(self, index, weight, grad, state):
@@ -168,17 +237,25 @@ class MxnagOptimizer(Optimizer):
             masters = [s[0] if h else None for h, s in zip(half, states)]
             states = [s[1] if h else s for h, s in zip(half, states)]
         lrs, wds = self._get_lrs(indices), self._get_wds(indices)
-        known = {}  # (t, lr, wd) -> coefficients: a group's parameters mostly share them
+        known = {}  # (lr, wd) -> scalars: a group's parameters mostly share them
         per_param = []
-        for i, lr, wd in zip(indices, lrs, wds):
-            key = (self._index_update_count[i], lr, wd)
+        for lr, wd in zip(lrs, wds):
+            key = (lr, wd)
             if key not in known:
-                known[key] = self._coefficients(*key)
+                known[key] = self._scalars(lr, wd)
             per_param.append(known[key])
         scalars = self._shared_coefficients()
         scalars.update((name, [c[name] for c in per_param]) for name in per_param[0])
-        kernels.multi_update(self.rule, weights, grads, states, scalars, masters=masters,
-                             placement=placement)
+        # attempted steps of each parameter (on this device) decide which slot of its
+        # step count is read; the count itself is on the device
+        counts = [self._index_update_count[i] for i in indices]
+        steps = kernels.StepCounts(
+            arrays=[s[-1] for s in states],
+            slots=[(count - self.begin_num_update - 1) % 2 for count in counts],
+            device_inputs=lambda context: (self._flag_for(context),
+                                           self._table_for(context, max(counts))))
+        kernels.multi_update(self.rule, weights, grads, [s[:-1] for s in states], scalars,
+                             masters=masters, placement=placement, steps=steps)
 
     def _placement(self, index, weight, grad):
         """(dtype, context) of parameter ``index``'s weight, once its weight and gradient
@@ -196,24 +273,32 @@ class MxnagOptimizer(Optimizer):
         del known[_ARRAYS_PER_INDEX:]
         return placement
 
-    def __getstate__(self):  # the arrays stay out of pickles (save_states, kvstore servers)
+    def __getstate__(self):  # device arrays stay out of pickles (save_states, kvstore servers)
         state = super().__getstate__()
-        state.pop('_arrays', None)
+        for name in ('_arrays', '_factor_rows', '_tables', '_flags', '_flag_source'):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._arrays = {}
-
-    def _is_first_step(self, t):
-        """Whether step ``t`` is this parameter's first on the current device."""
-        return t == self.begin_num_update + 1
+        self._init_device_side()
 
     def _shared_coefficients(self):
         raise NotImplementedError
 
-    def _coefficients(self, t, lr, wd):
+    def _scalars(self, lr, wd):
+        """One parameter's per-tensor scalars at learning rate ``lr`` and weight decay
+        ``wd``; for a step scalar, its multiplier."""
         raise NotImplementedError
+
+    def _step_factors(self, t):
+        """The factors of the step scalars at a parameter's step ``t`` (from 1), in the
+        order of ``rule.step_scalars``."""
+        raise NotImplementedError
+
+
+def _context_key(context):
+    return (context.device_typeid, context.device_id)
 
 
 def default_aggregate_num(owner='mxnag'):

@@ -69,11 +69,13 @@ class NAdamW(MxnagOptimizer):
         return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,
                 'beta1': self.beta1, 'beta2': self.beta2, 'epsilon': self.epsilon}
 
-    def _coefficients(self, t, lr, wd):
-        """The scalars of one parameter at its step ``t`` (see the class docstring)."""
+    def _scalars(self, lr, wd):
+        """One parameter's scalars (see the class docstring); the step scalars'
+        multipliers: ``lr`` for grad_coef and mean_coef, 1 for var_scale."""
+        return {'wd_into_grad': 0.0, 'weight_scale': 1.0 - lr * wd,
+                'grad_coef': lr, 'mean_coef': lr, 'var_scale': 1.0}
+
+    def _step_factors(self, t):
+        """grad_coef / lr, mean_coef / lr and var_scale at step ``t``."""
         bias1 = 1.0 - self.beta1 ** t
-        return {'wd_into_grad': 0.0,
-                'weight_scale': 1.0 - lr * wd,
-                'grad_coef': lr * (1.0 - self.beta1) / bias1,
-                'mean_coef': lr * self.beta1 / bias1,
-                'var_scale': (1.0 - self.beta2 ** t) ** -0.5}
+        return ((1.0 - self.beta1) / bias1, self.beta1 / bias1, (1.0 - self.beta2 ** t) ** -0.5)

@@ -170,8 +170,10 @@ def load_trainer_states(trainer, path, optimizer_name):
         raise MxnagError('%s: states of optimizer %r, not %r' % (path, found, optimizer_name))
     for index, state in states.items():
         param = trainer._params[index] if isinstance(index, int) and index < len(trainer._params) else None
-        arrays = [s for s in (state if isinstance(state, (tuple, list)) else (state,))
-                  if hasattr(s, 'shape')]
+        items = list(state) if isinstance(state, (tuple, list)) else [state]
+        if getattr(optimizer, 'rule', None) is not None and items and hasattr(items[-1], 'shape'):
+            items = items[:-1]  # an mxnag optimizer's step count (shape (2,)), not weight-shaped
+        arrays = [s for s in items if hasattr(s, 'shape')]
         if param is None or any(a.shape != param.shape for a in arrays):
             raise MxnagError('%s: states for another model (parameter %r: %s, here %s)'
                              % (path, index, [a.shape for a in arrays],

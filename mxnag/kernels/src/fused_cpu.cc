@@ -11,8 +11,15 @@
 //   mxnag_adan_update    weight, grad, mean, diff_mean, sq_mean, prev_grad [, weight32]
 //   mxnag_probe          any -> int32[3]: omp_get_max_threads() seen inside MXNet's engine,
 //                        the threads these operators use, omp_get_num_procs()
-// States (and the float32 master weight) are declared mutated inputs, so MXNet's engine
-// orders these operators with every other reader and writer of those arrays.
+// After the inputs of every parameter come, for the whole group: the step flag (float32,
+// one element: 0 skips the step), the table of step factors (float64, row t - 1: the
+// factors at step t of the scalars named in the attribute 'step_scalars'), and each
+// parameter's step count (float64, two slots: 'step_slot' names the one read, the other
+// is written with the count plus one if the step applies). A skipped step writes nothing
+// else; an applied one multiplies each step scalar (its attribute is a multiplier, the
+// learning rate say) by its factor at the new count.
+// States, step counts (and the float32 master weight) are declared mutated inputs, so
+// MXNet's engine orders these operators with every other reader and writer of them.
 #include <omp.h>
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -122,6 +129,11 @@ struct GroupLayout {
   int num_weights = 0;
   bool multi_precision = false;
   int inputs_per_weight = 0;  // with the master weight
+  // the group's inputs after the parameters': flag, table, then one step count per weight
+  int flag_input() const { return num_weights * inputs_per_weight; }
+  int table_input() const { return flag_input() + 1; }
+  int step_input(int k) const { return flag_input() + 2 + k; }
+  int num_inputs() const { return flag_input() + 2 + num_weights; }
 };
 
 bool parse_layout(const Attrs& attrs, int states, GroupLayout* layout) {
@@ -152,7 +164,7 @@ template <int kStates>
 MXReturnValue parse_update_attrs(const Attrs& attrs, int* num_in, int* num_out) {
   GroupLayout layout;
   if (!parse_layout(attrs, kStates, &layout)) return MX_FAIL;
-  *num_in = layout.num_weights * layout.inputs_per_weight;
+  *num_in = layout.num_inputs();
   *num_out = layout.num_weights;
   return MX_SUCCESS;
 }
@@ -196,6 +208,19 @@ MXReturnValue infer_update_type(const Attrs& attrs, std::vector<int>* in, std::v
     }
     out->at(k) = weight;
   }
+  if (in->at(layout.flag_input()) != kFloat32 || in->at(layout.table_input()) != kFloat64) {
+    MX_ERROR_MSG << "mxnag: the step flag must be float32 and the step-factor table float64, got "
+                 << dtype_name(in->at(layout.flag_input())) << " and "
+                 << dtype_name(in->at(layout.table_input()));
+    return MX_FAIL;
+  }
+  for (int k = 0; k < layout.num_weights; ++k) {
+    if (in->at(layout.step_input(k)) != kFloat64) {
+      MX_ERROR_MSG << "mxnag: the step count of weight " << k << " must be float64, got "
+                   << dtype_name(in->at(layout.step_input(k)));
+      return MX_FAIL;
+    }
+  }
   return MX_SUCCESS;
 }
 
@@ -214,6 +239,20 @@ MXReturnValue infer_update_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
     }
     out->at(k) = in->at(base);
   }
+  const auto& flag = in->at(layout.flag_input());
+  const auto& table = in->at(layout.table_input());
+  if (flag.size() != 1 || flag[0] != 1 || table.size() != 2 || table[0] < 1) {
+    MX_ERROR_MSG << "mxnag: the step flag must have shape (1,) and the step-factor table two "
+                 << "dimensions with at least one row";
+    return MX_FAIL;
+  }
+  for (int k = 0; k < layout.num_weights; ++k) {
+    const auto& step = in->at(layout.step_input(k));
+    if (step.size() != 1 || step[0] != 2) {
+      MX_ERROR_MSG << "mxnag: the step count of weight " << k << " must have shape (2,)";
+      return MX_FAIL;
+    }
+  }
   return MX_SUCCESS;
 }
 
@@ -225,6 +264,7 @@ MXReturnValue mutated_update_inputs(const Attrs& attrs, std::vector<int>* indice
   for (int k = 0; k < layout.num_weights; ++k)
     for (int s = 2; s < layout.inputs_per_weight; ++s)
       indices->push_back(k * layout.inputs_per_weight + s);
+  for (int k = 0; k < layout.num_weights; ++k) indices->push_back(layout.step_input(k));
   return MX_SUCCESS;
 }
 
@@ -387,10 +427,79 @@ std::vector<int64_t> sizes_of(const std::vector<Param<S>>& params) {
   return sizes;
 }
 
+// The step counts of a group (see the file's head): advances each parameter's count by
+// the flag, writing the slot it does not read, and, when the step applies, multiplies
+// each step scalar (step_scalars[j], one value per weight) by the table's factor at the
+// new count. Returns false with an error for a malformed call; *applies says whether the
+// step applies.
+bool apply_step_counts(const Attrs& attrs, const GroupLayout& layout,
+                       const std::vector<std::vector<double>*>& step_scalars,
+                       std::vector<MXTensor>* in, bool* applies) {
+  const int n = layout.num_weights;
+  std::vector<double> slots;
+  if (!list_attr(attrs, "step_slot", n, &slots)) return false;
+  MXTensor& table = in->at(layout.table_input());
+  const int64_t rows = table.shape[0];
+  const int64_t columns = table.shape[1];
+  if (columns != static_cast<int64_t>(step_scalars.size()) && !step_scalars.empty()) {
+    MX_ERROR_MSG << "mxnag: the step-factor table has " << columns << " columns for "
+                 << step_scalars.size() << " step scalars";
+    return false;
+  }
+  const double* factors = table.data<double>();
+  *applies = in->at(layout.flag_input()).data<float>()[0] != 0.0f;
+  for (int k = 0; k < n; ++k) {
+    double* count = in->at(layout.step_input(k)).data<double>();
+    const int slot = slots[k] != 0.0 ? 1 : 0;
+    const double next = count[slot] + (*applies ? 1.0 : 0.0);
+    count[1 - slot] = next;
+    if (!*applies) continue;
+    const int64_t row = static_cast<int64_t>(next) - 1;
+    if (row < 0 || row >= rows) {
+      MX_ERROR_MSG << "mxnag: step " << next << " of weight " << k << " is outside the "
+                   << rows << " rows of the step-factor table";
+      return false;
+    }
+    for (size_t j = 0; j < step_scalars.size(); ++j)
+      (*step_scalars[j])[k] *= factors[row * columns + j];
+  }
+  return true;
+}
+
+// The per-tensor scalar vectors of the names in the attribute 'step_scalars', in order.
+template <typename A>
+bool step_scalar_vectors(const Attrs& attrs, A* a, std::vector<std::vector<double>*>* out) {
+  std::string text;
+  if (!find_attr(attrs, "step_scalars", &text)) return false;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    const std::string name = text.substr(start, comma - start);
+    std::vector<double>* vector = a->scalar(name);
+    if (vector == nullptr) {
+      MX_ERROR_MSG << "mxnag: '" << name << "' in attribute 'step_scalars' is not a per-tensor "
+                   << "scalar of this operator";
+      return false;
+    }
+    out->push_back(vector);
+    start = comma + 1;
+  }
+  return true;
+}
+
 struct AdanagAttrs {
   GroupLayout layout;
   double rescale, clip, beta1, beta2, epsilon;
   std::vector<double> wd_into_grad, weight_scale, grad_coef, mean_coef, var_scale;
+  std::vector<double>* scalar(const std::string& name) {
+    if (name == "wd_into_grad") return &wd_into_grad;
+    if (name == "weight_scale") return &weight_scale;
+    if (name == "grad_coef") return &grad_coef;
+    if (name == "mean_coef") return &mean_coef;
+    if (name == "var_scale") return &var_scale;
+    return nullptr;
+  }
 };
 
 bool parse_adanag(const Attrs& attrs, AdanagAttrs* a) {
@@ -451,7 +560,13 @@ void run_adanag(const AdanagAttrs& a, std::vector<MXTensor>* in, std::vector<MXT
 MXReturnValue adanag_forward(const Attrs& attrs, std::vector<MXTensor>* in,
                              std::vector<MXTensor>* out, const OpResource&) {
   AdanagAttrs a;
-  if (!parse_layout(attrs, 2, &a.layout) || !parse_adanag(attrs, &a)) return MX_FAIL;
+  std::vector<std::vector<double>*> step_scalars;
+  bool applies = false;
+  if (!parse_layout(attrs, 2, &a.layout) || !parse_adanag(attrs, &a) ||
+      !step_scalar_vectors(attrs, &a, &step_scalars) ||
+      !apply_step_counts(attrs, a.layout, step_scalars, in, &applies))
+    return MX_FAIL;
+  if (!applies) return MX_SUCCESS;
   switch (in->at(0).dtype) {
     case kFloat32: case kFloat16: run_adanag<float>(a, in, out); return MX_SUCCESS;
     case kFloat64: run_adanag<double>(a, in, out); return MX_SUCCESS;
@@ -465,6 +580,15 @@ struct AdanAttrs {
   GroupLayout layout;
   double rescale, clip, beta1, beta2, beta3, epsilon;
   std::vector<double> first_step, mean_coef, diff_coef, sq_scale, weight_scale, weight_divisor;
+  std::vector<double>* scalar(const std::string& name) {
+    if (name == "first_step") return &first_step;
+    if (name == "mean_coef") return &mean_coef;
+    if (name == "diff_coef") return &diff_coef;
+    if (name == "sq_scale") return &sq_scale;
+    if (name == "weight_scale") return &weight_scale;
+    if (name == "weight_divisor") return &weight_divisor;
+    return nullptr;
+  }
 };
 
 bool parse_adan(const Attrs& attrs, AdanAttrs* a) {
@@ -522,7 +646,13 @@ void run_adan(const AdanAttrs& a, std::vector<MXTensor>* in, std::vector<MXTenso
 MXReturnValue adan_forward(const Attrs& attrs, std::vector<MXTensor>* in,
                            std::vector<MXTensor>* out, const OpResource&) {
   AdanAttrs a;
-  if (!parse_layout(attrs, 4, &a.layout) || !parse_adan(attrs, &a)) return MX_FAIL;
+  std::vector<std::vector<double>*> step_scalars;
+  bool applies = false;
+  if (!parse_layout(attrs, 4, &a.layout) || !parse_adan(attrs, &a) ||
+      !step_scalar_vectors(attrs, &a, &step_scalars) ||
+      !apply_step_counts(attrs, a.layout, step_scalars, in, &applies))
+    return MX_FAIL;
+  if (!applies) return MX_SUCCESS;
   switch (in->at(0).dtype) {
     case kFloat32: case kFloat16: run_adan<float>(a, in, out); return MX_SUCCESS;
     case kFloat64: run_adan<double>(a, in, out); return MX_SUCCESS;

@@ -4,7 +4,8 @@
 // The maths is each optimizer's readable step (mxnag/optim/<name>.py) and src/fused_cpu.cc: the host
 // computes every step-dependent coefficient; the update of a tensor reads each element of
 // the gradient, weight and states once and writes the weight and states once (grid-stride
-// loop). Self-contained on purpose: NVRTC gets no include paths, so float16 values travel
+// loop). The step count lives on the device (mxnag_step_row): a step whose flag is 0
+// writes nothing but the count. Self-contained on purpose: NVRTC gets no include paths, so float16 values travel
 // as raw binary16 bits (the __half of the mx.rtc signatures) converted by PTX cvt
 // instructions.
 //
@@ -39,6 +40,20 @@ __device__ __forceinline__ mxnag_half_bits mxnag_round_half(float value) {
   return bits;
 }
 #endif
+
+// A tensor's step count (float64, two slots): reads slot `slot` and writes the other with
+// the count plus one if the step applies (flag != 0), else the count (one thread writes;
+// no thread reads that slot in this launch). Returns the factor table's row of the new
+// count (t - 1), or -1 when the step is skipped.
+__device__ __forceinline__ long long mxnag_step_row(const float* flag, double* step, int slot,
+                                                   long long table_rows) {
+  const bool applies = *flag != 0.0f;
+  const double count = step[slot] + (applies ? 1.0 : 0.0);
+  if (blockIdx.x == 0 && threadIdx.x == 0) step[1 - slot] = count;
+  if (!applies) return -1;
+  const long long row = (long long)count - 1;
+  return row < table_rows ? row : -1;  // the host sizes the table to the attempted steps
+}
 
 // MXNet's clip: NaN passes through.
 template <typename S>
