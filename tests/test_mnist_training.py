@@ -6,7 +6,10 @@ from mxnet import autograd, gluon
 
 import mxnag  # noqa: F401
 from mxnag.train import data
-@pytest.mark.parametrize('name,lr', [('adanag', 2e-3), ('adan', 2e-3)])
+from optimizers import OPTIMIZERS
+
+
+@pytest.mark.parametrize('name,lr', [(info.name, info.mnist_lr) for info in OPTIMIZERS])
 def test_loss_falls_on_mnist_subset(name, lr, mnist_dir):
     splits = data.load('mnist', mnist_dir, download=False)
     images, labels = data.subset(*splits['train'], shots=100, seed=0)
