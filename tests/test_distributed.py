@@ -182,3 +182,84 @@ def test_pretrain_recipe_on_two_workers_writes_once(tmp_path):
     assert sorted(meta['sha256']) == ['params', 'states.server0']
     log = (tmp_path / 'log.jsonl').read_text().splitlines()
     assert sum('"event": "epoch"' in line for line in log) == 2  # rank 0 alone logs
+
+
+# Run as the cluster's worker: the launcher is its parent; the launcher's children (the
+# scheduler, the server, this worker) and their descendants are the cluster. Prints each
+# process's listening TCP sockets as JSON, found through /proc (no tool needed).
+LISTENERS = textwrap.dedent('''
+    import json, os
+    import mxnet as mx
+
+    kv = mx.kv.create('dist_sync')  # returns once every node has connected (ps-lite barrier)
+    kv.init(3, mx.nd.zeros((2,)))
+    kv.push(3, mx.nd.ones((2,)))
+    out = mx.nd.zeros((2,))
+    kv.pull(3, out=out)
+    out.wait_to_read()
+
+    def parent(pid):
+        with open('/proc/%d/stat' % pid) as f:
+            return int(f.read().rsplit(')', 1)[1].split()[1])
+
+    launcher = os.getppid()
+    pids = {launcher}
+    while True:  # the launcher's descendants
+        more = set()
+        for name in os.listdir('/proc'):
+            if name.isdigit():
+                try:
+                    if parent(int(name)) in pids:
+                        more.add(int(name))
+                except (OSError, IndexError):
+                    pass
+        if more <= pids:
+            break
+        pids |= more
+
+    inodes = {}  # socket inode -> pid
+    for pid in pids:
+        fd_dir = '/proc/%d/fd' % pid
+        for fd in os.listdir(fd_dir):
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if target.startswith('socket:['):
+                inodes[target[8:-1]] = pid
+
+    listening = []
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == '0A' and inode in inodes:
+                    pid = inodes[inode]
+                    with open('/proc/%d/cmdline' % pid) as c:
+                        cmd = c.read().replace('\\0', ' ').strip()[:80]
+                    listening.append({'table': table, 'local': local, 'pid': pid, 'cmd': cmd})
+    print('LISTENERS ' + json.dumps({'launcher': launcher, 'processes': sorted(pids),
+                                     'listening': listening}))
+''')
+LOOPBACK = {'/proc/net/tcp': {'0100007F'},  # 127.0.0.1 as /proc writes it
+            '/proc/net/tcp6': {'00000000000000000000000001000000',   # ::1
+                               '0000000000000000FFFF00000100007F'}}  # ::ffff:127.0.0.1
+
+
+def test_local_cluster_listens_on_the_loopback_only():
+    """MXNet's kvstore servers unpickle whatever a worker sends: a local cluster must not be
+    reachable from other hosts. Every listening socket of the launcher's processes is on
+    127.0.0.1 (a node bound to 0.0.0.0 shows as 00000000 and fails)."""
+    import json
+    proc, _ = launch('-n', 1, '-s', 1, '--timeout', 120, '--', sys.executable, '-c', LISTENERS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    line = next(line for line in proc.stdout.splitlines() if 'LISTENERS ' in line)
+    found = json.loads(line.split('LISTENERS ', 1)[1])
+    assert len(found['processes']) >= 4, found  # the launcher, scheduler, server and worker
+    listening = found['listening']
+    # every ps-lite node (scheduler, server, worker) binds a socket of its own
+    assert len({s['pid'] for s in listening}) >= 3, found
+    for sock in listening:
+        address = sock['local'].split(':')[0]
+        assert address in LOOPBACK[sock['table']], sock
