@@ -25,7 +25,7 @@ def main(argv=None):
     args.model = meta['model']
     head = finetune.replace_head(net, num_classes, contexts)
     finetune.set_feature_training(net, head, args.features, args.features_lr_mult, args.train_last)
-    net.hybridize()
+    net.hybridize(static_alloc=True, static_shape=True)
     config = settings.config_of(args, num_classes=num_classes)
     history, _, _ = run.train(net, args, train_loader, test_loader, contexts, config,
                               'finetune', workers)

@@ -95,3 +95,19 @@ def _bench_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_loop_benchmark_runs_small(tmp_path, capsys, mnist_dir):
+    """benchmarks/bench_loop.py end to end on 512 images, one round (no timing asserted)."""
+    import importlib.util as util
+    spec = util.spec_from_file_location('bench_loop', os.path.join(ROOT, 'benchmarks', 'bench_loop.py'))
+    bench = util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'loop.json'
+    assert bench.main(['--data-dir', mnist_dir, '--models', 'mlp', '--rounds', '1', '--images', '512',
+                       '--no-torch', '--json', str(out)]) == 0
+    rows = json.loads(out.read_text())['results']['mlp']['rows']
+    assert set(rows) == {'bare Gluon', 'bare Gluon + test pass', 'mxnag loop (training)',
+                         'mxnag loop (whole fit)'}
+    assert rows['bare Gluon']['x_bare'] == 1.0 and all(r['seconds'] > 0 for r in rows.values())
+    assert '| mlp | mxnag loop (training) |' in capsys.readouterr().out

@@ -330,3 +330,33 @@ def test_the_library_holds_the_update_operators_only():
     done = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stdout + done.stderr
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'float32', 'float64'])
+def test_all_finite_finds_every_nan_and_inf(dtype, rng, fused):
+    """kernels.all_finite over several arrays (one of them large enough for several
+    threads and chunks): 1 when all is finite, 0 for a NaN or an Inf at any place of any
+    array; NumPy decides what is finite."""
+    arrays = [rng.standard_normal(n).astype(dtype) for n in (1, 7, LARGE[0] * LARGE[1], 33)]
+
+    def flag(values):
+        result = kernels.all_finite([mx.nd.array(v, dtype=dtype) for v in values])
+        assert result.dtype == np.float32 and result.shape == (1,)
+        return float(result.asnumpy()[0])
+
+    assert flag(arrays) == 1.0
+    big = np.finfo(dtype).max
+    assert flag([a * 0 + big for a in arrays]) == 1.0  # the largest finite value is finite
+    for k, position in [(0, 0), (1, 6), (2, 0), (2, 40000), (2, LARGE[0] * LARGE[1] - 1), (3, 32)]:
+        for bad in (np.nan, np.inf, -np.inf):
+            values = [a.copy() for a in arrays]
+            values[k][position] = bad
+            assert flag(values) == 0.0, (k, position, bad)
+
+
+def test_all_finite_without_the_fused_library_uses_mxnets_operator(monkeypatch, rng):
+    monkeypatch.setattr(fused_cpu, 'FORCED_OFF', True)
+    values = rng.standard_normal(50).astype(np.float32)
+    assert float(kernels.all_finite([mx.nd.array(values)]).asnumpy()[0]) == 1.0
+    values[7] = np.inf
+    assert float(kernels.all_finite([mx.nd.array(values)]).asnumpy()[0]) == 0.0

@@ -161,3 +161,85 @@ def test_states_pickle_with_their_step_counts_and_resume_exactly(rng, fused):
         updater(ids, grads, [weights[k] for k in ids])
     for a, b in zip(full, weights):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+class _Batches:
+    """Fixed MNIST-shaped batches; ``poison`` batch indices of epoch 0 get a NaN pixel,
+    ``drop`` ones are not yielded at all."""
+
+    def __init__(self, n=12, poison=(), drop=()):
+        rng = np.random.RandomState(0)
+        self.batches = [(rng.randn(8, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 8))
+                        for _ in range(n)]
+        self.poison, self.drop, self.epoch = set(poison), set(drop), 0
+
+    def __len__(self):
+        return len(self.batches) - len(self.drop)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.batches):
+            if i in self.drop:
+                continue
+            if i in self.poison:
+                x = x.copy()
+                x[0, 0, 3, 3] = np.nan
+            yield mx.nd.array(x), mx.nd.array(y)
+
+
+def _fit(name, loader, epochs=1):
+    from mxnet import gluon
+    from mxnag.train import loop, models
+    net = models.get_model('lenet')
+    mx.random.seed(3)
+    net.initialize(mx.init.Xavier())
+    trainer = gluon.Trainer(net.collect_params(), name, {'learning_rate': 0.003})
+    history = loop.fit(net, trainer, loader, _Batches(2), [mx.cpu()], epochs, progress=False)
+    return [p.data().asnumpy() for p in net.collect_params().values()], history
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_the_loop_skips_on_the_device_as_if_the_batch_never_came(name, backend):
+    """The training loop with a NaN at batch 4: the run equals, bit for bit, the run in
+    which batch 4 never came (constant learning rate), on every backend; the epoch's
+    record counts the skip and leaves the batch out of its loss and accuracy."""
+    skipped, history = _fit(name, _Batches(poison={4}))
+    never, clean_history = _fit(name, _Batches(drop={4}))
+    for a, b in zip(skipped, never):
+        np.testing.assert_array_equal(a, b)
+    assert history[0]['skipped_steps'] == 1 and clean_history[0]['skipped_steps'] == 0
+    assert np.isfinite(history[0]['train_loss'])
+    assert history[0]['train_loss'] == clean_history[0]['train_loss']
+
+
+def test_the_loop_reads_the_host_only_at_progress_points(monkeypatch, fused):
+    """Inside ``fit`` the host reads values (flags, metrics) at the progress points (every
+    50 batches and the epoch's end) and in the test pass, not once per step: 150 more
+    batches cost at most 6 more reads."""
+    from mxnag.train import loop
+    reads = []
+    counting_on = []
+    for method in ('asnumpy', 'asscalar'):
+        original = getattr(mx.nd.NDArray, method)
+
+        def counting(self, *args, _original=original, **kwargs):
+            if counting_on:
+                reads.append(1)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(mx.nd.NDArray, method, counting)
+    real_fit = loop.fit
+
+    def counted_fit(*args, **kwargs):
+        counting_on.append(1)
+        try:
+            return real_fit(*args, **kwargs)
+        finally:
+            counting_on.clear()
+    monkeypatch.setattr(loop, 'fit', counted_fit)
+    counts = []
+    for batches in (100, 250):
+        reads.clear()
+        _, history = _fit('adanag', _Batches(n=batches))
+        assert history[0]['skipped_steps'] == 0
+        counts.append(len(reads))
+    # 150 more batches, 3 more progress points: at most 2 reads each (flags, metrics)
+    assert 0 < counts[0] and counts[1] - counts[0] <= 2 * 3, counts

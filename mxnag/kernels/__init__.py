@@ -24,7 +24,7 @@ import numpy
 
 from . import composed, cuda, fused_cpu
 
-__all__ = ['multi_update', 'update', 'backend_for', 'set_fused', 'StepCounts']
+__all__ = ['multi_update', 'update', 'backend_for', 'set_fused', 'StepCounts', 'all_finite']
 
 
 class StepCounts(NamedTuple):
@@ -90,6 +90,24 @@ def _backend(rule, dtype, device_type, master_dtype):
     if device_type == 'gpu' and (rule is None or cuda.supports(rule)) and cuda.available(rule):
         return 'cuda'
     return 'composed'
+
+
+def all_finite(arrays):
+    """A float32 NDArray of one element, on the first array's context: 1 if every element
+    of every array is finite, else 0; for ``MxnagOptimizer.set_finite_flag``. Never read
+    on the host. On CPU contexts the fused operator ``mxnag_all_finite`` (one threaded
+    pass), elsewhere MXNet's ``multi_all_finite``. The arrays share a context."""
+    from mxnet import ndarray as nd
+    arrays = list(arrays)
+    device_type = arrays[0].context.device_type
+    if device_type in _CPU_DEVICE_TYPES and not fused_cpu.FORCED_OFF and fused_cpu.available():
+        return fused_cpu.all_finite(arrays)
+    flag = None
+    for start in range(0, len(arrays), 200):  # MXNet's operator takes a few hundred at most
+        chunk = arrays[start:start + 200]
+        part = nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=True)
+        flag = part if flag is None else flag * part
+    return flag
 
 
 def update(rule, weight, grad, state, scalars):

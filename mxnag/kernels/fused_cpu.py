@@ -191,6 +191,16 @@ def update(rule, weights, grads, states, masters, shared, per_tensor, step_array
 _STEP_KEYS = ['step_scalars', 'step_slot']
 
 
+def all_finite(arrays):
+    """A float32 NDArray of one element on the first array's context: 1 if every element of
+    every array of ``arrays`` (float16/32/64, CPU) is finite, else 0 (operator
+    ``mxnag_all_finite``: one threaded pass, no host read)."""
+    from mxnet import ndarray as nd
+    flag = nd.empty((1,), ctx=arrays[0].context)
+    invoke('mxnag_all_finite', list(arrays), ['num_arrays'], [str(len(arrays))], [flag])
+    return flag
+
+
 def probe():
     """(omp_get_max_threads() inside MXNet's engine, threads the operators use,
     omp_get_num_procs()), measured by running ``mxnag_probe`` on the engine."""

@@ -14,7 +14,7 @@ import time
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from .. import optim  # noqa: F401  (registers the mxnag optimizers)
+from .. import kernels, optim  # noqa: F401  (optim registers the mxnag optimizers)
 from . import checkpoint, extras
 from ..errors import MxnagError, TrainingError, WriteError
 
@@ -115,14 +115,23 @@ class MetricsLog:
 
 
 class NonFiniteGuard:
-    """Applies ``trainer.step`` only when the loss and every gradient are finite.
+    """Applies ``trainer.step`` only where the loss and every gradient are finite.
 
     A step with a NaN or Inf loss or gradient is skipped, weights and optimizer states
     untouched (the gradients are overwritten by the next backward pass), logged and
-    counted; more than ``max_consecutive`` skips in a row raise ``TrainingError``. With
-    MXNet's AMP dynamic loss scaling (``amp.init_trainer``) the Trainer itself skips
-    overflowing steps and halves the scale: the guard only counts those. On a distributed
-    kvstore the workers cannot agree to skip, so a non-finite step stops the job at once.
+    counted; more than ``max_consecutive`` skips in a row raise ``TrainingError``.
+
+    With an mxnag optimizer the check costs no host synchronisation: MXNet's
+    ``multi_all_finite`` of each device's gradients and losses goes into one flag (an
+    NDArray), which the optimizer's update reads (``set_finite_flag``): the step is
+    skipped on the device, without advancing the parameters' step counts. The flags are
+    read where the loop synchronises anyway (``settle``: every 50 batches and at the end
+    of an epoch), and only then are skips logged and a run of too many stopped: at most
+    one such interval after the limit was crossed (the steps after it were applied or
+    skipped as their own gradients said). Other optimizers, MXNet's AMP loss scaling
+    (the Trainer itself skips overflowing steps and halves the scale: the guard counts
+    those) and distributed kvstores (the workers cannot agree to skip: a non-finite step
+    stops the job at once) read the flag on the host every step, as before.
     """
 
     def __init__(self, trainer, max_consecutive=10, log=None, distributed=False):
@@ -131,38 +140,69 @@ class NonFiniteGuard:
         self.scaler = getattr(trainer, '_amp_loss_scaler', None)
         self.params = [p for p in trainer._params if p.grad_req != 'null']
         self.total = self.consecutive = 0
+        optimizer = trainer._optimizer
+        self.on_device = (self.scaler is None and not distributed
+                          and hasattr(optimizer, 'set_finite_flag'))
+        self.pending = []  # (epoch, batch, flag NDArray) not yet read
+        self._by_context = None
 
-    def all_finite(self, losses):
-        """One host synchronisation: 1.0 from MXNet's multi_all_finite on each device."""
-        by_context = {}
-        for array in [g for p in self.params for g in p.list_grad()] + list(losses):
-            by_context.setdefault(array.context, []).append(array)
-        flags = []
-        for context, arrays in by_context.items():
-            flag = mx.nd.ones((1,), ctx=context)
-            for i in range(0, len(arrays), 200):  # the operator takes at most a few hundred
-                chunk = arrays[i:i + 200]
-                mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False,
-                                               out=flag)
-            flags.append(flag)
-        return all(float(f.asscalar()) == 1.0 for f in flags)
+    def finite_flag(self, losses):
+        """1.0 (float32, on the first device) when every gradient and loss is finite:
+        ``mxnag.kernels.all_finite`` on each device, multiplied together. No host read."""
+        if self._by_context is None:  # the gradient arrays stay the same from step to step
+            grads = {}
+            for array in [g for p in self.params for g in p.list_grad()]:
+                grads.setdefault(array.context, []).append(array)
+            self._by_context = grads
+        by_context = {context: list(arrays) for context, arrays in self._by_context.items()}
+        for loss in losses:
+            by_context.setdefault(loss.context, []).append(loss)
+        flag = None
+        for arrays in by_context.values():
+            part = kernels.all_finite(arrays)
+            flag = part if flag is None else flag * part.as_in_context(flag.context)
+        return flag
 
     def step(self, losses, batch_size, epoch, batch):
-        """Step if finite; returns whether the step was applied."""
+        """Step where finite. Returns the step's flag: an NDArray (1 applied, 0 skipped)
+        on the device path, else True/False."""
+        if self.on_device:
+            flag = self.finite_flag(losses)
+            self.trainer._optimizer.set_finite_flag(flag)
+            self.trainer.step(batch_size)
+            self.pending.append((epoch, batch, flag))
+            return flag
         if self.scaler is not None:
             self.trainer.step(batch_size)
             applied = not self.scaler._next_loss_scale < self.scaler._loss_scale
         else:
-            applied = self.all_finite(losses)
+            applied = float(self.finite_flag(losses).asscalar()) == 1.0
             if applied:
                 self.trainer.step(batch_size)
             elif self.distributed:
                 raise TrainingError('epoch %d, batch %d: non-finite loss or gradient on a '
                                     'distributed run; stopping (resume from the last checkpoint)'
                                     % (epoch, batch))
+        self._count(epoch, batch, applied)
+        return applied
+
+    def settle(self):
+        """Read the flags of the steps since the last call (one wait for the device),
+        log the skips among them and stop a run of too many; returns the applied flags."""
+        if not self.pending:
+            return []
+        values = mx.nd.concat(*[flag.as_in_context(self.pending[0][2].context)
+                                for _, _, flag in self.pending], dim=0).asnumpy()
+        pending, self.pending = self.pending, []
+        applied = [bool(v == 1.0) for v in values]
+        for (epoch, batch, _), ok in zip(pending, applied):
+            self._count(epoch, batch, ok)
+        return applied
+
+    def _count(self, epoch, batch, applied):
         if applied:
             self.consecutive = 0
-            return True
+            return
         self.total += 1
         self.consecutive += 1
         if self.log:
@@ -173,7 +213,16 @@ class NonFiniteGuard:
                                 'gradient (limit max_skips %d); stopping'
                                 % (epoch, batch, self.consecutive, self.max_consecutive),
                                 ('max_skips',))
-        return False
+
+
+class _BatchMetrics(gluon.HybridBlock):
+    """``[summed loss, correct predictions]`` of a batch, both 0 where ``applied`` is 0 (the
+    loss may then be NaN): one cached graph instead of a dozen operator calls a batch."""
+
+    def hybrid_forward(self, F, out, label, loss, applied):  # noqa: N802 (Gluon's name)
+        loss_sum = F.where(applied, F.sum(loss).reshape((1,)), F.zeros_like(applied))
+        correct = F.sum(F.argmax(out, axis=1) == label).reshape((1,)) * applied
+        return F.concat(loss_sum, correct, dim=0)
 
 
 class _NoBar:
@@ -222,12 +271,19 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
     after the first epoch whose test accuracy reaches it. With ``num_workers`` > 1 each
     batch is this worker's slice of a global batch ``num_workers`` times larger, and the
     step is normalised by the global batch. Steps with a non-finite loss or gradient are
-    skipped (see ``NonFiniteGuard``; ``max_skips`` in a row stop the run); each epoch's
-    record counts them under ``skipped_steps``.
+    skipped (see ``NonFiniteGuard``: with an mxnag optimizer on the device, without a
+    host read; ``max_skips`` in a row stop the run, detected at the next progress point,
+    every 50 batches); each epoch's record counts them under ``skipped_steps``, and its
+    loss and accuracy leave them out. The loop reads values on the host only every 50
+    batches and at the end of an epoch.
     """
     tqdm = extras.require('tqdm', 'progress bars').tqdm if progress else None
     log = log or MetricsLog(None)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    loss_fn.hybridize(static_alloc=True, static_shape=True)
+    batch_metrics = _BatchMetrics()
+    batch_metrics.hybridize(static_alloc=True, static_shape=True)
+    ones = mx.nd.ones((1,), ctx=contexts[0])
     history = list(history or [])
     elapsed = history[-1]['elapsed'] if history else 0.0
     guard = NonFiniteGuard(trainer, max_skips, log, distributed=num_workers > 1)
@@ -237,11 +293,11 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
         mx.random.seed(seed * 100003 + epoch)
         train_loader.epoch = epoch
         start, skips_before = time.time(), guard.total
-        total_loss = mx.nd.zeros(1, ctx=contexts[0])
-        correct = mx.nd.zeros(1, ctx=contexts[0])
-        seen = 0
+        sums = mx.nd.zeros(2, ctx=contexts[0])  # loss summed over the applied batches, correct
         bar = tqdm(total=len(train_loader), desc='epoch %d/%d' % (epoch + 1, epochs),
                    unit='batch', dynamic_ncols=True, mininterval=1.0) if progress else _NoBar()
+        applied_batches = []  # sizes of the batches whose steps applied, known when settled
+        sizes = []  # sizes of the batches not yet settled
         for batch, (x, y) in enumerate(train_loader):
             xs, ys = _split(x, y, contexts)
             with autograd.record():
@@ -254,21 +310,33 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
             if guard.scaler is None:
                 autograd.backward(losses)
             bar.update(1)
-            if not guard.step(losses, x.shape[0] * num_workers, epoch + 1, batch + 1):
+            flag = guard.step(losses, x.shape[0] * num_workers, epoch + 1, batch + 1)
+            if flag is False:
                 continue
+            applied = ones if flag is True else flag
             for o, b, loss in zip(outs, ys, losses):
-                total_loss += loss.sum().as_in_context(contexts[0])
-                correct += (o.argmax(axis=1) == b.astype(o.dtype)).sum().as_in_context(contexts[0])
-            seen += x.shape[0]
+                sums += batch_metrics(o, b, loss, applied.as_in_context(o.context)) \
+                    .as_in_context(contexts[0])
+            if flag is True:
+                applied_batches.append(x.shape[0])
+            else:
+                sizes.append(x.shape[0])
             if batch % 50 == 49 or batch + 1 == len(train_loader):
-                mean_loss = float(total_loss.asscalar()) / max(seen, 1)
-                accuracy = float(correct.asscalar()) / max(seen, 1)
+                applied_batches += [size for size, ok in zip(sizes, guard.settle()) if ok]
+                sizes = []
+                seen = sum(applied_batches)
+                total_loss, correct = sums.asnumpy()
+                mean_loss = float(total_loss) / max(seen, 1)
+                accuracy = float(correct) / max(seen, 1)
                 rate = seen / (time.time() - start)
                 bar.set_postfix(loss='%.4f' % mean_loss, acc='%.4f' % accuracy, img_s='%.0f' % rate)
                 log.write(event='batch', epoch=epoch + 1, batch=batch + 1, loss=mean_loss,
                           accuracy=accuracy, images_per_sec=rate)
-        train_loss = float(total_loss.asscalar()) / seen if seen else float('nan')
-        train_accuracy = float(correct.asscalar()) / seen if seen else float('nan')
+        applied_batches += [size for size, ok in zip(sizes, guard.settle()) if ok]
+        seen = sum(applied_batches)
+        total_loss, correct = sums.asnumpy()
+        train_loss = float(total_loss) / seen if seen else float('nan')
+        train_accuracy = float(correct) / seen if seen else float('nan')
         seconds = time.time() - start
         bar.close()
         elapsed += seconds
