@@ -37,11 +37,11 @@ def fused(monkeypatch):
     real_fused, real_composed = fused_cpu.update, composed.update
     settings = {'check': False}
 
-    def counted_fused(*args):
+    def counted_fused(*args, **kwargs):
         calls['fused-cpu'] += 1
         if settings['check']:
-            return _checked(real_fused, real_composed, calls['checked'], *args)
-        return real_fused(*args)
+            return _checked(real_fused, real_composed, calls['checked'], *args, **kwargs)
+        return real_fused(*args, **kwargs)
 
     def counted_composed(*args):
         calls['composed'] += 1
@@ -67,7 +67,7 @@ STEP_BOUND = 1e-4
 
 
 def _checked(fused_update, composed_update, pending, rule, weights, grads, states, masters,
-             shared, per_tensor, step_arrays, slots, flag, table):
+             shared, per_tensor, step_arrays, slots, flag, table, **options):
     """``fused_update`` on the arrays, ``composed_update`` on copies made before it (MXNet's
     copy reads any layout); the arrays to compare go to ``pending`` (compared after the
     run by ``_step_errors``: reading them now would wait for the engine and change the
@@ -76,7 +76,7 @@ def _checked(fused_update, composed_update, pending, rule, weights, grads, state
     copies = [w.copy() for w in weights], [g.copy() for g in grads], \
         [tuple(s.copy() for s in state) for state in states], [a.copy() for a in step_arrays]
     fused_update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots,
-                 flag, table)
+                 flag, table, **options)
     after = [w.copy() for w in weights], [tuple(s.copy() for s in state) for state in states]
     composed_update(rule, copies[0], copies[1], copies[2], masters, shared, per_tensor, copies[3],
                     slots, flag, table)

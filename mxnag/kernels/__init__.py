@@ -127,7 +127,7 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
     ``rule.per_tensor`` to a sequence with one number per weight; ``masters`` None, or
     the float32 master weights of float16 ``weights`` (states then float32, updated with
     the master, and the float16 weight written from it in the same pass); ``placement``
-    None, or each weight's ``(dtype, context)`` when the caller knows them; ``steps`` the
+    None, or each weight's ``(dtype, context, shape)`` when the caller knows them; ``steps`` the
     group's ``StepCounts`` (None: the scalars are whole and the step applies). The group
     is split by backend, context and dtype; a part on the fused CPU backend is one
     operator call (the usual case: the whole group)."""
@@ -138,7 +138,7 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
     per_tensor = {name: scalars[name] for name in rule.per_tensor}
     count = len(weights)
     if placement is None:
-        placement = [(weight.dtype, weight.context) for weight in weights]
+        placement = [(weight.dtype, weight.context, weight.shape) for weight in weights]
     if steps is None:
         steps = _fixed_steps(weights, rule)
     if not (len(grads) == len(states) == len(placement) == len(steps.arrays) == count
@@ -148,7 +148,7 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
                          'scalar need one entry per weight (%d)' % (rule.name, count))
     backends = {}  # (dtype, device type id, device id, master dtype) -> backend
     places = []  # per weight: (backend, device type id, device id, has a master weight, dtype)
-    for k, (dtype, context) in enumerate(placement):
+    for k, (dtype, context, _) in enumerate(placement):
         master_dtype = masters[k].dtype if masters is not None and masters[k] is not None else None
         key = (dtype, context.device_typeid, context.device_id, master_dtype)
         backend = backends.get(key)
@@ -168,7 +168,8 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
         else:
             pick = lambda seq: [seq[k] for k in members]  # noqa: E731
         if backend == 'fused-cpu':
-            run = fused_cpu.update
+            shapes = pick([place[2] for place in placement])
+            run = lambda *args: fused_cpu.update(*args, shapes=shapes)  # noqa: E731
         elif backend == 'cuda':
             run = cuda.update
         else:

@@ -111,7 +111,7 @@ def invoke(name, inputs, keys, values, out):
     _imperative_invoke(handle, inputs, keys, values, out, False, True)
 
 
-def to_default_layout(weights):
+def to_default_layout(weights, shapes=None):
     """Leave every float32 weight of ``weights`` that MXNet's oneDNN (MKLDNN) operators
     may have put in a layout of their own in MXNet's default layout, in place.
 
@@ -126,13 +126,14 @@ def to_default_layout(weights):
     Its write also makes any reorder to a blocked layout that an inference pass queued
     before it a no-op (MXNet's reorder checks the array's version). Only arrays of 2 or
     more dimensions have oneDNN layouts (weights of convolutions and dense layers), and
-    only float32 ones on this build."""
+    only float32 ones on this build. ``shapes``: the weights' shapes when the caller knows
+    them (each look-up is a call into MXNet)."""
     from mxnet.base import _LIB, NDArrayHandle, check_call
     handle = _LIBRARY.value[1]['Reshape']
     one = ctypes.c_int(1)
     stypes = ctypes.POINTER(ctypes.c_int)()
-    for weight in weights:
-        shape = weight.shape
+    for k, weight in enumerate(weights):
+        shape = weight.shape if shapes is None else shapes[k]
         if len(shape) < 2:
             continue
         array = (NDArrayHandle * 1)(weight.handle)
@@ -146,7 +147,7 @@ _SHAPE_KEY = (ctypes.c_char_p * 1)(b'shape')
 
 
 def update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots, flag,
-           table):
+           table, shapes=None):
     """One fused step of ``rule`` for a group of parameters of one dtype on one CPU context.
 
     ``states[k]`` is the tuple of state arrays of weight k; ``masters`` is None or, for

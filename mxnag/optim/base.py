@@ -232,8 +232,8 @@ class MxnagOptimizer(Optimizer):
         placement = [self._placement(i, w, g) for i, w, g in zip(indices, weights, grads)]
         self._update_count(indices)
         masters = None
-        if use_master and any(dtype is numpy.float16 for dtype, _ in placement):
-            half = [dtype is numpy.float16 for dtype, _ in placement]
+        if use_master and any(place[0] is numpy.float16 for place in placement):
+            half = [place[0] is numpy.float16 for place in placement]
             masters = [s[0] if h else None for h, s in zip(half, states)]
             states = [s[1] if h else s for h, s in zip(half, states)]
         lrs, wds = self._get_lrs(indices), self._get_wds(indices)
@@ -258,7 +258,7 @@ class MxnagOptimizer(Optimizer):
                              masters=masters, placement=placement, steps=steps)
 
     def _placement(self, index, weight, grad):
-        """(dtype, context) of parameter ``index``'s weight, once its weight and gradient
+        """(dtype, context, shape) of parameter ``index``'s weight, once its weight and gradient
         are known to be dense. Each is a call into MXNet's library, made once per pair
         of arrays a parameter comes with (a model of 161 parameters asks 644 times a step
         otherwise): a Trainer passes the same arrays every step, one pair per device."""
@@ -268,7 +268,7 @@ class MxnagOptimizer(Optimizer):
                 return placement
         _check_dense(self, index, weight, 'weight')
         _check_dense(self, index, grad, 'gradient')
-        placement = (weight.dtype, weight.context)
+        placement = (weight.dtype, weight.context, weight.shape)
         known.insert(0, (weight, grad, placement))
         del known[_ARRAYS_PER_INDEX:]
         return placement
