@@ -10,7 +10,9 @@ from mxnag.train import cli, loop, run, settings, sweep
 # silently let a checkpoint of other settings be resumed
 RESUME_KEYS = ('model', 'dataset', 'classes', 'shots', 'optimizer', 'lr', 'opt_args', 'batch_size',
                'seed', 'lr_schedule', 'warmup_epochs', 'lr_step_epochs', 'lr_factor', 'epochs',
-               'features', 'features_lr_mult', 'train_last', 'pretrained')
+               'features', 'features_lr_mult', 'train_last', 'pretrained',
+               # a stream's (mnist_stream.py)
+               'source', 'replay', 'reservoir', 'arrival_batch', 'replay_batch')
 
 
 def parse(recipe, *argv):
@@ -19,7 +21,7 @@ def parse(recipe, *argv):
 
 @pytest.mark.parametrize('recipe', settings.RECIPES)
 def test_parsed_defaults_equal_the_namespace_built_in_code(recipe):
-    required = ['--pretrained', 'x.params'] if recipe == 'finetune' else []
+    required = ['--pretrained', 'x.params'] if recipe == 'finetune' else []  # optional for a stream
     parsed = parse(recipe, *required)
     built = settings.namespace(recipe, **({'pretrained': 'x.params'} if required else {}))
     assert vars(parsed) == vars(built)

@@ -98,14 +98,21 @@ def make_optimizer(optimizer, learning_rate, opt_args=None, lr_scheduler=None):
 
 class MetricsLog:
     """Appends one JSON object per line and flushes it, so the log can be followed live
-    (``tail -f``) or plotted mid-run."""
+    (``tail -f``) or plotted mid-run; with ``tensorboard`` (a folder) the same records go
+    to TensorBoard's event files too (``mxnag.train.tensorboard``)."""
 
-    def __init__(self, path):
+    def __init__(self, path, tensorboard=None, batches_per_epoch=None):
         self.path = path
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.tensorboard = None
+        if tensorboard:
+            from .tensorboard import TensorBoardLog
+            self.tensorboard = TensorBoardLog(tensorboard, batches_per_epoch)
 
     def write(self, **record):
+        if self.tensorboard is not None:
+            self.tensorboard.record(record)
         if self.path:
             try:
                 with open(self.path, 'a') as f:

@@ -170,6 +170,8 @@ def prepare(args):
         models.gluoncv_model_zoo()  # says now, not after loading the data, if GluonCV is missing
     if not args.no_progress:
         extras.require('tqdm', 'progress bars (unless no_progress)', ('no_progress',))
+    if args.tensorboard:  # says now, before the data is loaded
+        extras.require('tensorboardX', 'TensorBoard logs', ('tensorboard',), extra='tensorboard')
     contexts = loop.parse_contexts(args.ctx)
     if args.amp:
         if any(ctx.device_type != 'gpu' for ctx in contexts):
@@ -253,7 +255,8 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
                 worker.load_server_states(workers.kvstore, prefix + '.states')
             start_epoch, history, resumed_from = saved['epoch'], saved['history'], prefix
             logger.info('resuming from %s (epoch %d)', prefix, start_epoch)
-    log = loop.MetricsLog(args.log if workers.chief else None)
+    log = loop.MetricsLog(args.log if workers.chief else None,
+                          args.tensorboard if workers.chief else None, len(train_loader))
     with writing(args):
         log.write(event='start', run=log_name, config=config, start_epoch=start_epoch,
                   resumed_from=resumed_from)

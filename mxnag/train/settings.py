@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import data, loop
 from ..errors import MxnagError
 
-RECIPES = ('pretrain', 'finetune')
+BATCH = ('pretrain', 'finetune')  # the recipes that train in epochs
+RECIPES = BATCH + ('stream',)
 
 
 def positive_int(text):
@@ -52,20 +53,21 @@ class Setting:
     ``config``: written into checkpoints and results (under ``config_key``, converted by
     ``to_config``); ``resume``: a checkpoint made with another value cannot be resumed;
     ``output``: a file or folder the run writes (``'file'``, ``'folder'``, ``'checkpoint'``:
-    a prefix of three files) or reads (``'input-checkpoint'``), checked before training."""
+    a prefix of three files) or reads (``'input-checkpoint'``), checked before training;
+    ``required``: the recipes in which it must be given."""
     name: str
     default: Any = None
     help: Optional[str] = None
     type: Optional[Callable] = None
     group: str = 'training'
-    recipes: Tuple[str, ...] = RECIPES
+    recipes: Tuple[str, ...] = BATCH
     defaults: Dict[str, Any] = field(default_factory=dict)
     config: bool = True
     resume: bool = False
     choices: Optional[Tuple] = None
     action: Optional[str] = None
     metavar: Optional[str] = None
-    required: bool = False
+    required: Tuple[str, ...] = ()  # the recipes that need it given
     config_key: Optional[str] = None
     to_config: Optional[Callable] = None
     output: Optional[str] = None
@@ -86,23 +88,26 @@ class Setting:
 SETTINGS: Tuple[Setting, ...] = (
     # data
     Setting('dataset', 'mnist', 'data set (default %(default)s)', group='data',
-            choices=tuple(sorted(data.DATASETS)), resume=True),
+            choices=tuple(sorted(data.DATASETS)), resume=True, recipes=RECIPES),
     Setting('data_dir', None, 'directory holding the four IDX files (.gz or raw); default: '
             '$MXNAG_DATA_DIR/<dataset>, ~/.mxnet/datasets/<dataset>, /usr/share/datasets/<dataset>, '
-            'else download', group='data', config=False),
-    Setting('classes', None, "classes to keep, relabelled from 0: '0-4', '3,8' (default: all)",
-            group='data', defaults={'finetune': '5-9'}, resume=True),
+            'else download', group='data', config=False, recipes=RECIPES),
+    Setting('classes', None, "classes to keep, relabelled from 0: '0-4', '3,8' (default: all); "
+            "of a stream: the classes it brings (default 5-9 for a stream)",
+            group='data', defaults={'finetune': '5-9', 'stream': '5-9'}, resume=True, recipes=RECIPES),
     Setting('shots', None, 'k training examples per class, chosen with --seed (default: all)',
             type=positive_int, group='data', resume=True),
     # fine-tuning
-    Setting('pretrained', None, 'checkpoint .params from mnist_pretrain.py', group='fine-tuning',
-            recipes=('finetune',), required=True, resume=True, output='input-checkpoint'),
+    Setting('pretrained', None, 'checkpoint .params from mnist_pretrain.py (a stream without '
+            'it learns from scratch)', group='fine-tuning', recipes=('finetune', 'stream'),
+            required=('finetune',), resume=True, output='input-checkpoint'),
     Setting('features', 'lr_mult', 'freeze the feature extractor or scale its learning rate '
             '(default lr_mult)', group='fine-tuning', recipes=('finetune',),
             choices=('freeze', 'lr_mult'), resume=True),
     Setting('features_lr_mult', 0.1, 'learning-rate multiplier of the features with --features '
-            'lr_mult (default 0.1)', type=nonnegative_float, group='fine-tuning',
-            recipes=('finetune',), resume=True),
+            'lr_mult (default 0.1; a stream: of everything but the output layer, default 1)',
+            type=nonnegative_float, group='fine-tuning', recipes=('finetune', 'stream'),
+            defaults={'stream': 1.0}, resume=True),
     Setting('train_last', 0, 'keep the last K feature layers training at the full rate (default 0)',
             type=nonnegative_int, group='fine-tuning', recipes=('finetune',), metavar='K',
             resume=True),
@@ -110,14 +115,14 @@ SETTINGS: Tuple[Setting, ...] = (
             group='fine-tuning', recipes=('finetune',), action='store_true', config=False),
     # training
     Setting('model', 'lenet', 'mlp, lenet, seed-cnn or a GluonCV classifier name (default %(default)s)',
-            defaults={'finetune': None}, resume=True),
-    Setting('optimizer', 'adanag', 'any registered optimizer: adanag, adan, sgd, nag, adam, nadam, '
-            '... (default %(default)s)', resume=True),
+            defaults={'finetune': None}, resume=True, recipes=RECIPES),
+    Setting('optimizer', 'adanag', 'any registered optimizer: adanag, adan, nadamw, sgd, nag, adam, '
+            'nadam, ... (default %(default)s)', resume=True, recipes=RECIPES),
     Setting('lr', None, "learning rate (default: the optimizer's own default)",
-            type=nonnegative_float, resume=True),
+            type=nonnegative_float, resume=True, recipes=RECIPES),
     Setting('opt_arg', [], 'optimizer hyperparameter, repeatable: --opt-arg beta2=0.99',
             action='append', metavar='NAME=VALUE', config_key='opt_args',
-            to_config=loop.parse_opt_args, resume=True),
+            to_config=loop.parse_opt_args, resume=True, recipes=RECIPES),
     Setting('epochs', 3, '(default %(default)s)', type=positive_int, defaults={'finetune': 20},
             resume=True),
     Setting('batch_size', 128, 'global batch size (default %(default)s)', type=positive_int,
@@ -133,7 +138,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('ctx', 'cpu', 'devices: cpu, cpu:0,cpu:1, gpu:0,gpu:1 (default cpu)'),
     Setting('kvstore', 'device', 'device, local, none, or dist_sync, dist_device_sync, dist_async '
             'under mxnag launch (default device)'),
-    Setting('seed', 0, '(default 0)', type=int, resume=True),
+    Setting('seed', 0, '(default 0)', type=int, resume=True, recipes=RECIPES),
     Setting('amp', False, "float16 mixed precision with MXNet's AMP and dynamic loss scaling "
             '(GPU contexts only)', action='store_true'),
     Setting('max_skips', 10, 'stop after this many steps in a row with a non-finite loss or '
@@ -141,18 +146,53 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('target_accuracy', None, 'stop after the first epoch whose test accuracy reaches '
             'this (0-1)', type=float),
     # output
+    # a stream
+    Setting('source', 'mnist', "where examples come from: 'mnist' (the training images of "
+            "--classes in a seeded order, once) or 'stdin' (one JSON object a line: "
+            '{"pixels": [784 integers 0-255], "label": digit}; a prediction a line on stdout)',
+            group='stream', recipes=('stream',), choices=('mnist', 'stdin'), resume=True),
+    Setting('replay', 2000, 'examples of the checkpoint\'s classes kept and mixed into every '
+            'update (0: none; default %(default)s)', type=nonnegative_int, group='stream',
+            recipes=('stream',), resume=True),
+    Setting('reservoir', 0, "examples of the stream kept in a reservoir for replay (0: none, "
+            'the default: replaying the stream halves the old classes in each update; LeNet '
+            '0-4 then 5-9: 0-4 at 97.1%% with 2000, 98.0%% with none)', type=nonnegative_int,
+            group='stream', recipes=('stream',), resume=True),
+    Setting('arrival_batch', 16, 'examples that arrive together and make one update '
+            '(default %(default)s)', type=positive_int, group='stream', recipes=('stream',),
+            resume=True),
+    Setting('replay_batch', None, 'examples drawn from the replay memory into every update '
+            '(default: --arrival-batch)', type=nonnegative_int, group='stream',
+            recipes=('stream',), resume=True),
+    Setting('window', 1000, 'examples per point of the prequential accuracy curve '
+            '(default %(default)s)', type=positive_int, group='stream', recipes=('stream',)),
+    Setting('checkpoint_every', 500, 'with --checkpoint-dir: a checkpoint every this many '
+            'updates (default %(default)s) ...', type=positive_int, group='stream',
+            recipes=('stream',), config=False),
+    Setting('checkpoint_seconds', 60.0, '... or seconds, whichever comes first (default %(default)s)',
+            type=nonnegative_float, group='stream', recipes=('stream',), config=False),
+    Setting('compare', None, 'run the same stream with each of these optimizers (e.g. '
+            'adanag,adan,nadamw,sgd,adam) and write a table and a plot to --out-dir',
+            group='stream', recipes=('stream',), config=False),
+    Setting('out_dir', None, 'with --compare: where the table (stream_compare.md/.json) and the '
+            'plot (stream_compare.png) go', group='output', recipes=('stream',), config=False,
+            output='folder'),
+    # output
     Setting('out', None, 'results JSON (test_accuracy, history, timings, config)', group='output',
-            config=False, output='file'),
+            config=False, output='file', recipes=RECIPES),
     Setting('log', None, 'JSON-lines metrics log, appended as training goes', group='output',
-            config=False, output='file'),
-    Setting('checkpoint_dir', None, 'write a checkpoint after every epoch here', group='output',
-            config=False, output='folder'),
+            config=False, output='file', recipes=RECIPES),
+    Setting('tensorboard', None, 'also write the metrics as TensorBoard event files here '
+            '(tensorboard --logdir DIR shows the run live; needs the tensorboard extra)',
+            group='output', config=False, output='folder', recipes=RECIPES),
+    Setting('checkpoint_dir', None, 'write a checkpoint after every epoch here (a stream: see '
+            '--checkpoint-every)', group='output', config=False, output='folder', recipes=RECIPES),
     Setting('keep', 3, 'checkpoints kept in --checkpoint-dir (default 3)', type=positive_int,
-            group='output', config=False),
+            group='output', config=False, recipes=RECIPES),
     Setting('resume', False, 'continue from the newest good checkpoint in --checkpoint-dir',
-            group='output', action='store_true', config=False),
+            group='output', action='store_true', config=False, recipes=RECIPES),
     Setting('no_progress', False, 'no progress bar', group='output', action='store_true',
-            config=False),
+            config=False, recipes=RECIPES),
     Setting('save', None, 'write the final checkpoint to this .params path', group='output',
             recipes=('pretrain',), config=False, output='checkpoint'),
 )
@@ -184,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser, recipe: str) -> argparse.Argu
         for attr in ('type', 'choices', 'metavar'):
             if getattr(s, attr) is not None:
                 kwargs[attr] = getattr(s, attr)
-        if s.required:
+        if recipe in s.required:
             kwargs['required'] = True
             del kwargs['default']
         groups[s.group].add_argument(s.flag, **kwargs)

@@ -1,0 +1,253 @@
+"""Learning from a stream (mxnag.train.online, mxnag.train.stream, recipes/mnist_stream.py):
+test-then-train order, the grown output layer, replay sampling, latency per update, bad
+lines on stdin, an exact resume after kill -9 mid-stream, and the live TensorBoard view."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+import mxnag  # noqa: F401  (registers the optimizers)
+from mxnag.train import models, online, stream
+
+from conftest import MNIST_DIR, ROOT
+
+RECIPE = os.path.join(ROOT, 'recipes', 'mnist_stream.py')
+
+
+def make_learner(replay=None, classes=10, seed=0):
+    net = models.get_model('mlp', classes)
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier())
+    trainer = gluon.Trainer(net.collect_params(), 'adanag', {'learning_rate': 0.01})
+    return online.OnlineLearner(net, trainer, mx.cpu(), replay, window=8)
+
+
+def batch(rng, n=16):
+    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def test_every_example_is_predicted_before_it_is_learned(rng):
+    learner = make_learner()
+    x, y = batch(rng)
+    before = learner.predict(x)
+    weights = [p.data().asnumpy() for p in learner.net.collect_params().values()]
+    predictions = learner.learn(x, y)
+    np.testing.assert_array_equal(predictions, before)  # made by the weights before the update
+    after = [p.data().asnumpy() for p in learner.net.collect_params().values()]
+    assert any(not np.array_equal(a, b) for a, b in zip(weights, after))
+    assert learner.seen == 16 and learner.correct == int((before == y).sum())
+    # given predictions made earlier (the stdin source predicts each line as it comes)
+    x2, y2 = batch(rng)
+    early = learner.predict(x2)
+    assert np.array_equal(learner.learn(x2, y2, predictions=early), early)
+    assert learner.seen == 32 and learner.curve == [[8, pytest.approx(learner.curve[0][1])],
+                                                    [16, pytest.approx(learner.curve[1][1])],
+                                                    [24, pytest.approx(learner.curve[2][1])],
+                                                    [32, pytest.approx(learner.curve[3][1])]]
+
+
+def test_latency_is_recorded_for_every_update(rng):
+    learner = make_learner()
+    start = time.perf_counter()
+    for _ in range(5):
+        learner.learn(*batch(rng))
+    assert learner.updates == 5 and len(learner.latencies_ms) == 5
+    assert all(0 < ms <= (time.perf_counter() - start) * 1e3 for ms in learner.latencies_ms)
+    m = learner.metrics()
+    assert m['update_latency_ms']['p50'] <= m['update_latency_ms']['p95'] <= m['update_latency_ms']['p99']
+
+
+def test_growing_the_output_layer_keeps_the_rows_it_knows(rng):
+    net = models.get_model('lenet', 5)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 1, 28, 28)))
+    old_w, old_b = net.output.weight.data().asnumpy(), net.output.bias.data().asnumpy()
+    old_b[:] = rng.standard_normal(5)
+    net.output.bias.set_data(mx.nd.array(old_b))
+    x = mx.nd.array(rng.standard_normal((4, 1, 28, 28)))
+    old_out = net(x).asnumpy()
+    head = online.grow_output(net, 10, [mx.cpu()])
+    assert net.output is head and head.weight.shape == (10, 500)
+    np.testing.assert_array_equal(head.weight.data().asnumpy()[:5], old_w)
+    np.testing.assert_array_equal(head.bias.data().asnumpy()[:5], old_b)
+    assert np.abs(head.weight.data().asnumpy()[5:]).sum() > 0  # the new rows are initialised
+    np.testing.assert_allclose(net(x).asnumpy()[:, :5], old_out, rtol=1e-5, atol=1e-6)
+    with pytest.raises(mxnag.errors.MxnagError, match='cannot shrink to 3'):
+        online.grow_output(net, 3, [mx.cpu()])
+
+
+def test_the_reservoir_keeps_each_example_with_equal_chance():
+    """Algorithm R: after 1000 offers a reservoir of 100 holds each with chance 1/10."""
+    counts = np.zeros(1000)
+    for seed in range(300):
+        memory = online.ReplayMemory(None, None, 100, (1,), seed=seed)
+        memory.add(np.arange(1000, dtype=np.float32).reshape(-1, 1), np.arange(1000))
+        assert memory.filled == 100 and memory.offered == 1000
+        counts[memory.stream_y[:100].astype(int)] += 1
+    first, last = counts[:500].mean() / 300, counts[500:].mean() / 300
+    assert abs(first - 0.1) < 0.01 and abs(last - 0.1) < 0.01
+
+
+def test_replay_draws_from_kept_and_reservoir_and_its_state_round_trips():
+    kept_x = np.zeros((50, 2), np.float32)
+    kept_y = np.full(50, 7, np.float32)
+    memory = online.ReplayMemory(kept_x, kept_y, 50, (2,), seed=3)
+    memory.add(np.ones((50, 2), np.float32), np.full(50, 2))
+    x, y = memory.sample(4000)
+    assert set(np.unique(y)) == {2.0, 7.0} and abs((y == 7).mean() - 0.5) < 0.05
+    assert np.array_equal(x[y == 7], np.zeros(((y == 7).sum(), 2)))
+    copy = online.ReplayMemory(None, None, 1, (2,), seed=99)
+    copy.restore(memory.state(), memory.arrays())
+    memory.add(np.full((20, 2), 5, np.float32), np.full(20, 5))
+    copy.add(np.full((20, 2), 5, np.float32), np.full(20, 5))
+    a, b = memory.sample(100), copy.sample(100)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert online.ReplayMemory(None, None, 0, (2,)).sample(5) is None
+
+
+GOOD = {'pixels': [0] * 784, 'label': 3}
+BAD_LINES = [
+    ('not json', 'not JSON'),
+    ('[1, 2]', 'not a JSON object'),
+    (json.dumps({'pixels': [0] * 783, 'label': 3}), 'pixels: want a list of 784 integers, got a list of 783'),
+    (json.dumps({'pixels': [0] * 783 + [256], 'label': 3}), 'every value must be an integer in 0-255'),
+    (json.dumps({'pixels': [0] * 783 + [-1], 'label': 3}), 'every value must be an integer in 0-255'),
+    (json.dumps({'pixels': [0] * 783 + [1.5], 'label': 3}), 'every value must be an integer in 0-255'),
+    (json.dumps({'pixels': 'abc', 'label': 3}), 'pixels: want a list of 784 integers, got str'),
+    (json.dumps({'pixels': [0] * 784, 'label': 'three'}), "label: want an integer, got 'three'"),
+    (json.dumps({'pixels': [0] * 784, 'label': True}), 'label: want an integer, got True'),
+    (json.dumps({'pixels': [0] * 784}), 'label: want an integer, got None'),
+    (json.dumps({'pixels': [0] * 784, 'label': 12}), 'label 12 is not a class of this stream'),
+]
+
+
+@pytest.mark.parametrize('line,reason', BAD_LINES)
+def test_a_bad_line_is_rejected_with_its_reason(line, reason):
+    image, label, why = stream.parse_line(line, set(range(10)))
+    assert image is None and label is None and reason in why
+    image, label, why = stream.parse_line(json.dumps(GOOD), set(range(10)))
+    assert why is None and label == 3 and image.shape == (28, 28)
+
+
+@pytest.fixture(scope='module')
+def mnist_lines():
+    """300 test images of MNIST as stdin lines (labels 0-9)."""
+    if not os.path.exists(os.path.join(MNIST_DIR, 't10k-images-idx3-ubyte.gz')):
+        pytest.skip('MNIST not found at %s' % MNIST_DIR)
+    from mxnag.train import data
+    images, labels = data.load('mnist', MNIST_DIR, download=False)['test']
+    return [json.dumps({'pixels': images[i].ravel().tolist(), 'label': int(labels[i])}) + '\n'
+            for i in range(300)]
+
+
+def stream_args(tmp_path, *extra):
+    return [sys.executable, RECIPE, '--source', 'stdin', '--model', 'mlp', '--classes', '0-9',
+            '--reservoir', '64', '--replay-batch', '8', '--arrival-batch', '8',
+            '--data-dir', MNIST_DIR, '--no-progress'] + [str(e) for e in extra]
+
+
+def test_stdin_stream_predicts_each_line_and_rejects_bad_ones(tmp_path, mnist_lines):
+    lines = mnist_lines[:60] + [bad + '\n' for bad, _ in BAD_LINES] + mnist_lines[60:100]
+    proc = subprocess.run(stream_args(tmp_path, '--out', tmp_path / 'r.json', '--log',
+                                      tmp_path / 'log.jsonl'),
+                          input=''.join(lines), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(predictions) == 100 and all(0 <= p['prediction'] <= 9 for p in predictions)
+    assert [p['line'] for p in predictions] == list(range(1, 61)) + list(range(72, 112))
+    result = json.loads((tmp_path / 'r.json').read_text())
+    assert result['rejected'] == len(BAD_LINES) and result['examples_learned'] == 100
+    assert result['updates'] == 13  # 12 arrival batches of 8, and the 4 left at the end
+    assert len(result['update_latency_ms']) == 3 and 0 <= result['prequential_accuracy'] <= 1
+    for (_, reason), number in zip(BAD_LINES, range(61, 72)):
+        assert 'line %d rejected: ' % number in proc.stderr and reason in proc.stderr
+    events = [json.loads(line)['event'] for line in (tmp_path / 'log.jsonl').read_text().splitlines()]
+    assert events[0] == 'start' and events[-2:] == ['evaluation', 'end']
+
+
+def test_killed_mid_stream_and_resumed_ends_with_the_same_weights(tmp_path, mnist_lines):
+    """kill -9 after a checkpoint, then --resume with the input from its first line: the
+    final checkpoint equals an uninterrupted run's, bit for bit."""
+    full = subprocess.run(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'a',
+                                      '--checkpoint-every', 5),
+                          input=''.join(mnist_lines), capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    proc = subprocess.Popen(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'b',
+                                        '--checkpoint-every', 5),
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    fed = 0
+    deadline = time.time() + 120
+    while not os.path.exists(tmp_path / 'b' / 'epoch-0010.json'):  # after 10 updates
+        assert time.time() < deadline and proc.poll() is None
+        if fed < 200:
+            proc.stdin.write(mnist_lines[fed])
+            proc.stdin.flush()
+            fed += 1
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert fed < 200  # killed mid-stream
+    resumed = subprocess.run(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'b',
+                                         '--checkpoint-every', 5, '--resume'),
+                             input=''.join(mnist_lines), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resuming from' in resumed.stderr
+    last = 'epoch-%04d' % 38  # 300 examples: 37 updates of 8 and one of 4
+    a = mx.nd.load(str(tmp_path / 'a' / (last + '.params')))
+    b = mx.nd.load(str(tmp_path / 'b' / (last + '.params')))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key].asnumpy(), b[key].asnumpy())
+    meta_a = json.loads((tmp_path / 'a' / (last + '.json')).read_text())
+    meta_b = json.loads((tmp_path / 'b' / (last + '.json')).read_text())
+    assert meta_a['stream']['correct'] == meta_b['stream']['correct']
+    assert meta_a['position'] == meta_b['position'] == 300
+
+
+def test_tensorboard_shows_the_stream(tmp_path, mnist_lines):
+    pytest.importorskip('tensorboardX')
+    accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+    proc = subprocess.run(stream_args(tmp_path, '--window', 20, '--tensorboard', tmp_path / 'tb'),
+                          input=''.join(mnist_lines[:100]), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = accumulator.EventAccumulator(str(tmp_path / 'tb'))
+    events.Reload()
+    tags = set(events.Tags()['scalars'])
+    assert {'stream/prequential_accuracy', 'stream/window_accuracy', 'stream/latency_ms_p99',
+            'evaluation/test_accuracy'} <= tags
+    steps = [e.step for e in events.Scalars('stream/window_accuracy')]
+    assert steps == [20, 40, 60, 80, 100]
+
+
+def test_compare_runs_each_optimizer_on_the_same_stream(tmp_path):
+    if not os.path.exists(os.path.join(MNIST_DIR, 'train-images-idx3-ubyte.gz')):
+        pytest.skip('MNIST not found at %s' % MNIST_DIR)
+    proc = subprocess.run([sys.executable, RECIPE, '--model', 'mlp', '--classes', '8-9',
+                           '--compare', 'adanag,sgd', '--lr', '0.002', '--data-dir', MNIST_DIR,
+                           '--out-dir', str(tmp_path), '--window', '2000'],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / 'stream_compare.json').read_text())['runs']
+    assert sorted(runs) == ['adanag', 'sgd']
+    assert runs['adanag']['examples_learned'] == runs['sgd']['examples_learned'] == 11800
+    table = (tmp_path / 'stream_compare.md').read_text()
+    assert table.strip() in proc.stdout and '| adanag |' in table and '| sgd |' in table
+    assert (tmp_path / 'stream_compare.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_compare_needs_the_mnist_source(tmp_path):
+    proc = subprocess.run([sys.executable, RECIPE, '--source', 'stdin', '--compare', 'adanag,sgd',
+                           '--out-dir', str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          input='')
+    assert proc.returncode == 2 and 'compare: runs the same stream several times' in proc.stderr
+    assert '--source' in proc.stderr.splitlines()[-1]
