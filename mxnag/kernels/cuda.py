@@ -22,10 +22,11 @@ on the CPU through tests/cuda_host_emulation.cc.
 """
 import functools
 import os
+import re
 
 import numpy
 
-from ._once import Once
+from ._once import Once, log
 
 SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'src', 'fused_cuda.cu')
 THREADS_PER_BLOCK = 256
@@ -196,9 +197,65 @@ def split(count):
     return launches
 
 
+# The virtual architectures CUDA 11.2's NVRTC (the one in MXNet 1.9.1's cu112 build)
+# compiles for, newest first: a GPU newer than the newest (compute_90: H100/H200) gets
+# PTX for compute_86, which its driver compiles for it on loading (PTX runs on GPUs of
+# its compute capability and newer).
+NVRTC_ARCHS = (86, 80, 75, 72, 70, 62, 61, 60, 53, 52)
+
+# What NVRTC says of an architecture it does not know ("invalid value for
+# --gpu-architecture (-arch)"), as mx.rtc passes its log on in the MXNetError.
+_ARCH_REJECTED = re.compile(r'gpu-architecture|-arch\b|compute_\d\d')
+
+
+class CompileError(RuntimeError):
+    """mx.rtc compiled the source for none of the architectures tried."""
+
+
+def _device_arch():
+    """The compute capability (e.g. 90 for 9.0) of the oldest GPU MXNet sees (the PTX must
+    load on every one of them; mx.rtc itself asks device 0 only), or None where it cannot
+    be read (then mx.rtc picks device 0's)."""
+    import mxnet as mx
+    from mxnet import util
+    try:
+        count = max(1, mx.context.num_gpus())
+        return min(util.get_cuda_compute_capability(mx.gpu(i)) for i in range(count))
+    except Exception as err:  # noqa: BLE001  (no driver, no GPU: let mx.rtc decide)
+        log.debug('compute capability not read (%s: %s)', type(err).__name__, err)
+        return None
+
+
+def _architectures(device):
+    """The architectures to ask NVRTC for, in order: the device's own (None: mx.rtc's
+    choice, device 0's), then those NVRTC 11.2 knows that are older than it."""
+    return [device] + [arch for arch in NVRTC_ARCHS if device is None or arch < device]
+
+
 def _compile(rule):
-    from mxnet import rtc  # the CPU build has no CudaModule: that failure means fall back
-    return rtc.CudaModule(source(rule))
+    """``mx.rtc.CudaModule`` of ``source(rule)``, compiled for the GPU's architecture, or
+    when NVRTC rejects that architecture for the newest older one it accepts. Raises
+    CompileError naming the architectures tried when no compile succeeds (the caller's
+    Once then warns once and the composed update is used)."""
+    from mxnet import rtc  # the CPU build has no CUDA RTC: that failure means fall back
+    text = source(rule)
+    tried = []
+    for arch in _architectures(_device_arch()):
+        options = () if arch is None else ('--gpu-architecture=compute_%d' % arch,)
+        tried.append("device 0's (mx.rtc's default)" if arch is None else 'compute_%d' % arch)
+        try:
+            module = rtc.CudaModule(text, options=options)
+        except Exception as err:  # noqa: BLE001  (MXNetError with NVRTC's log)
+            message = '%s: %s' % (type(err).__name__, err)
+            if not _ARCH_REJECTED.search(str(err)):
+                break  # not the architecture: the others would fail the same way
+            continue
+        if len(tried) > 1:
+            log.info('fused GPU kernels of %s compiled for %s (NVRTC rejected %s); the driver '
+                     'compiles their PTX for the GPU', rule.name, tried[-1], ', '.join(tried[:-1]))
+        return module
+    raise CompileError('mx.rtc compiled for none of the architectures tried (%s); last error: %s'
+                       % (', '.join(tried), message))
 
 
 # Each rule's compiled module, made on its first GPU update (NVRTC takes seconds), and
