@@ -111,3 +111,85 @@ def test_loop_benchmark_runs_small(tmp_path, capsys, mnist_dir):
                          'mxnag loop (whole fit)'}
     assert rows['bare Gluon']['x_bare'] == 1.0 and all(r['seconds'] > 0 for r in rows.values())
     assert '| mlp | mxnag loop (training) |' in capsys.readouterr().out
+
+
+def _gpu_check():
+    import importlib.util as util
+    spec = util.spec_from_file_location('gpu_check', os.path.join(ROOT, 'benchmarks', 'gpu_check.py'))
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_emulated_passes_every_entry_point(tmp_path, capsys):
+    """Every entry point (rules x dtypes x tensors per launch) and every optimizer's
+    coefficients, on the CPU through the emulation; the JSON names each case."""
+    gpu_check = _gpu_check()
+    assert gpu_check.main(['--emulate', '--steps', '10', '--json', str(tmp_path / 'g.json')]) == 0
+    result = json.loads((tmp_path / 'g.json').read_text())
+    assert result['backend'] == 'emulate' and result['timings'] == []
+    kernels = {c['kernel'] for c in result['cases']}
+    assert len(kernels) == 2 * 3 * 4 and len(result['cases']) >= 18  # adanag's and adan's rules
+    assert {c['optimizer'] for c in result['cases']} == {'adanag', 'adan', 'nadamw'}
+    assert all(c['ok'] for c in result['cases'])
+    assert '0 failed' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('plant', [
+    ('mxnag/kernels/src/fused_cuda.cu', 'w = w * weight_scale;', 'w = w * weight_scale * S(1.0001);'),
+    ('mxnag/kernels/src/fused_cuda.cu', 'const double count = step[slot] + (applies ? 1.0 : 0.0);',
+     'const double count = step[slot] + 1.0;'),
+    ('mxnag/kernels/cuda.py', 'params += [(scalar, name) for name in rule.shared]',
+     'params += [(scalar, name) for name in reversed(rule.shared)]'),
+], ids=['kernel maths', 'skip ignored', 'argument list'])
+def test_gpu_check_fails_on_a_planted_bug(plant, tmp_path):
+    """A copy of the tree with one bug: the emulated check fails (in a process of its own:
+    a bad launch may crash it)."""
+    import shutil
+    import subprocess
+    import sys
+    path, old, new = plant
+    shutil.copytree(os.path.join(ROOT, 'mxnag'), tmp_path / 'mxnag')
+    shutil.copytree(os.path.join(ROOT, 'tests'), tmp_path / 'tests')
+    target = tmp_path / path
+    text = target.read_text()
+    assert old in text
+    target.write_text(text.replace(old, new, 1))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'gpu_check.py'),
+                           '--emulate', '--steps', '8', '--root', str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, proc.stdout[-1500:]
+    assert proc.returncode < 0 or ' 0 failed' not in proc.stdout
+
+
+def test_gpu_check_runs_with_numpy_2_and_no_mxnet(tmp_path):
+    """The GPU machines have numpy 2 and no MXNet: the emulated check passes in such an
+    environment (a fresh virtual environment with numpy only)."""
+    import subprocess
+    import sys
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True, timeout=120)
+    python = str(venv / 'bin' / 'python')
+    install = subprocess.run([python, '-m', 'pip', 'install', '--quiet', 'numpy>=2'],
+                             capture_output=True, text=True, timeout=600)
+    if install.returncode != 0:
+        pytest.skip('numpy 2 could not be installed here: %s' % install.stderr[-300:])
+    probe = subprocess.run([python, '-c', 'import numpy, importlib.util as u; '
+                                          'print(numpy.__version__, u.find_spec("mxnet") is None)'],
+                           capture_output=True, text=True, timeout=60)
+    version, no_mxnet = probe.stdout.split()
+    assert version.startswith('2.') and no_mxnet == 'True'
+    proc = subprocess.run([python, os.path.join(ROOT, 'benchmarks', 'gpu_check.py'), '--emulate',
+                           '--steps', '8', '--json', str(tmp_path / 'g.json')],
+                          capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / 'g.json').read_text())
+    assert len(result['cases']) >= 18 and all(c['ok'] for c in result['cases'])
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_2(capsys):
+    if importlib.util.find_spec('cupy') is not None:
+        pytest.skip('CuPy is installed: this machine may have a GPU')
+    assert _gpu_check().main([]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith('gpu_check: no GPU here') and '--emulate' in out[0]
