@@ -323,7 +323,7 @@ def timings(backend, cuda, optimizers, repeats=20):
 
     rules = {cls.rule.name: cls for cls in optimizers.values()}
     rows = []
-    for label, sizes in [('10M', [10 ** 7]), ('100M', [10 ** 8]), ('ResNet-50', RESNET50_SIZES)]:
+    for label, sizes in timing_shapes():
         total = sum(sizes)
         g = cupy.random.standard_normal(total, dtype=cupy.float32)
         a, b, c = (cupy.zeros(total, cupy.float32) for _ in range(3))
@@ -378,6 +378,11 @@ def _resnet50_sizes():
 
 
 RESNET50_SIZES = _resnet50_sizes()
+
+
+def timing_shapes():
+    """What the kernels are timed on: ``[(label, tensor sizes)]``."""
+    return [('10M', [10 ** 7]), ('100M', [10 ** 8]), ('ResNet-50', RESNET50_SIZES)]
 
 
 def main(argv=None):

@@ -3,6 +3,7 @@ timing is asserted)."""
 import importlib.util
 import json
 import os
+import time
 
 import mxnet as mx
 import numpy as np
@@ -193,3 +194,98 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_2(capsys):
     assert _gpu_check().main([]) == 2
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith('gpu_check: no GPU here') and '--emulate' in out[0]
+
+
+class _FakeCupy:
+    """Just enough of CuPy for gpu_check's GPU mode, on the CPU: arrays are numpy arrays,
+    RawModule compiles its CUDA source through tests/cuda_host_emulation.cc and launches
+    there; events time with the host clock. It checks that the GPU mode's code (kernel
+    choice, argument lists of every launch, the floor kernel, the table) is ready to run;
+    what only a GPU shows (speed, NVRTC, the driver) it cannot."""
+
+    def __init__(self, workdir, root):
+        import types
+        self.workdir, self.root, self.count = workdir, root, 0
+        self.float32, self.float64 = np.float32, np.float64
+        self.random = types.SimpleNamespace(
+            standard_normal=lambda n, dtype: np.random.default_rng(0).standard_normal(n).astype(dtype))
+        runtime = types.SimpleNamespace(
+            getDeviceCount=lambda: 1,
+            getDeviceProperties=lambda i: {'name': b'Fake (CPU emulation)', 'major': 9, 'minor': 0})
+
+        class Event:
+            def record(self):
+                self.t = time.perf_counter()
+
+            def synchronize(self):
+                pass
+        self.cuda = types.SimpleNamespace(runtime=runtime, Event=Event,
+                                          get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
+        fake = self
+
+        class RawModule:
+            def __init__(self, code):
+                import ctypes
+                import re
+                import subprocess
+                fake.count += 1
+                folder = os.path.join(fake.workdir, 'module%d' % fake.count)
+                os.makedirs(folder)
+                names = re.findall(r'extern "C" __global__ void (\w+)\(', code)
+                with open(os.path.join(folder, 'fused_cuda_all.cu'), 'w') as f:
+                    f.write(code)
+                with open(os.path.join(folder, 'kernels.inc'), 'w') as f:
+                    f.write(''.join('MXNAG_KERNEL(%s)\n' % n for n in names))
+                library = os.path.join(folder, 'lib.so')
+                subprocess.run(['g++', '-std=c++17', '-O2', '-shared', '-fPIC', '-I', folder,
+                                '-I', os.path.join(fake.root, 'mxnag', 'kernels', 'src'),
+                                os.path.join(fake.root, 'tests', 'cuda_host_emulation.cc'),
+                                '-o', library], check=True)
+                self.lib = ctypes.CDLL(library)
+                self.lib.mxnag_emulate_launch.argtypes = [
+                    ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                    ctypes.POINTER(ctypes.c_void_p)]
+
+            def get_function(self, name):
+                import ctypes
+                types_ = {np.float32: ctypes.c_float, np.float64: ctypes.c_double,
+                          np.int32: ctypes.c_int, np.int64: ctypes.c_int64}
+
+                def launch(grid, block, args):
+                    values = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray)
+                              else types_[type(a)](a) for a in args]
+                    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+                    assert self.lib.mxnag_emulate_launch(name.encode(), grid[0], grid[1], block[0],
+                                                         params) == 0, name
+                return launch
+        self.RawModule = RawModule
+
+    def asarray(self, values):
+        return np.array(values, copy=True)
+
+    def asnumpy(self, array):
+        return np.asarray(array)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def ones(self, shape, dtype):
+        return np.ones(shape, dtype)
+
+
+def test_gpu_check_gpu_mode_runs_on_a_stand_in_for_cupy(tmp_path, monkeypatch, capsys):
+    """The GPU mode end to end (checks, timings, table, JSON) with CuPy replaced by the
+    CPU emulation, on small timing shapes."""
+    import sys
+    gpu_check = _gpu_check()
+    fake = _FakeCupy(str(tmp_path), ROOT)
+    monkeypatch.setitem(sys.modules, 'cupy', fake)
+    monkeypatch.setattr(gpu_check, 'timing_shapes', lambda: [('4k', [4096]), ('3 tensors', [7, 1000, 33])])
+    assert gpu_check.main(['--steps', '6', '--json', str(tmp_path / 'g.json')]) == 0
+    result = json.loads((tmp_path / 'g.json').read_text())
+    assert result['backend'] == 'cupy' and 'Fake' in result['device'] and all(c['ok'] for c in result['cases'])
+    rows = result['timings']
+    assert [r['shape'] for r in rows] == ['4k', '3 tensors']
+    assert all(set(r) >= {'adanag', 'adan', 'floor_ms', 'copy_ms'} and r['adanag']['ms'] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert '| shape | elements |' in out and '| 4k | 4096 |' in out
