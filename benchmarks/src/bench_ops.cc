@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "attrs.h"
 #include "lib_api.h"
 #include "threads.h"
 
@@ -23,38 +24,14 @@ using mxnet::ext::OpResource;
 using mxnet::ext::kFloat16;
 using mxnet::ext::kFloat32;
 using mxnet::ext::kFloat64;
+using mxnag::Attrs;
+using mxnag::dtype_name;
 using mxnag::for_each_span;
+using mxnag::int_attr;
 
 namespace {
 
-typedef std::unordered_map<std::string, std::string> Attrs;
 typedef std::vector<std::vector<unsigned int>> Shapes;
-
-bool int_attr(const Attrs& attrs, const char* key, int low, int* value) {
-  auto it = attrs.find(key);
-  if (it == attrs.end()) {
-    MX_ERROR_MSG << "mxnag: missing attribute '" << key << "'";
-    return false;
-  }
-  char* end = nullptr;
-  const long parsed = std::strtol(it->second.c_str(), &end, 10);
-  if (it->second.empty() || *end != '\0' || parsed < low || parsed > (1 << 20)) {
-    MX_ERROR_MSG << "mxnag: attribute '" << key << "' must be an integer >= " << low
-                 << ", got '" << it->second << "'";
-    return false;
-  }
-  *value = static_cast<int>(parsed);
-  return true;
-}
-
-const char* dtype_name(int dtype) {
-  switch (dtype) {
-    case kFloat32: return "float32";
-    case kFloat64: return "float64";
-    case kFloat16: return "float16";
-    default: return "a non-float type";
-  }
-}
 
 // mxnag_copy: the same threads and dispatch as the updates, moving bytes only
 

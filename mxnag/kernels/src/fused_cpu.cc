@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "half.h"
+#include "attrs.h"
 #include "lib_api.h"
 #include "threads.h"
 
@@ -53,79 +54,18 @@ using mxnet::ext::kFloat16;
 using mxnet::ext::kFloat32;
 using mxnet::ext::kFloat64;
 using mxnet::ext::kInt32;
+using mxnag::Attrs;
+using mxnag::double_attr;
+using mxnag::dtype_name;
+using mxnag::find_attr;
 using mxnag::for_each_span;
+using mxnag::int_attr;
+using mxnag::list_attr;
 using mxnag::thread_budget;
 
 namespace {
 
-typedef std::unordered_map<std::string, std::string> Attrs;
 typedef std::vector<std::vector<unsigned int>> Shapes;
-
-// ---------------------------------------------------------------------------------------
-// attributes (Python str() of the values; floats as repr, so nothing is lost)
-
-bool find_attr(const Attrs& attrs, const char* key, std::string* value) {
-  auto it = attrs.find(key);
-  if (it == attrs.end()) {
-    MX_ERROR_MSG << "mxnag: missing attribute '" << key << "'";
-    return false;
-  }
-  *value = it->second;
-  return true;
-}
-
-bool parse_double(const char* key, const std::string& text, double* value) {
-  char* end = nullptr;
-  errno = 0;
-  *value = std::strtod(text.c_str(), &end);
-  // underflow (a subnormal or zero result) is the correctly rounded value; overflow is not
-  if (text.empty() || *end != '\0' || (errno == ERANGE && std::isinf(*value))) {
-    MX_ERROR_MSG << "mxnag: attribute '" << key << "' must be a number, got '" << text << "'";
-    return false;
-  }
-  return true;
-}
-
-bool double_attr(const Attrs& attrs, const char* key, double* value) {
-  std::string text;
-  return find_attr(attrs, key, &text) && parse_double(key, text, value);
-}
-
-bool int_attr(const Attrs& attrs, const char* key, int low, int* value) {
-  std::string text;
-  if (!find_attr(attrs, key, &text)) return false;
-  char* end = nullptr;
-  const long parsed = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || parsed < low || parsed > (1 << 20)) {
-    MX_ERROR_MSG << "mxnag: attribute '" << key << "' must be an integer >= " << low
-                 << ", got '" << text << "'";
-    return false;
-  }
-  *value = static_cast<int>(parsed);
-  return true;
-}
-
-// A comma-separated list of exactly `count` numbers, one per tensor of the group.
-bool list_attr(const Attrs& attrs, const char* key, int count, std::vector<double>* values) {
-  std::string text;
-  if (!find_attr(attrs, key, &text)) return false;
-  values->clear();
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t comma = text.find(',', start);
-    if (comma == std::string::npos) comma = text.size();
-    double value;
-    if (!parse_double(key, text.substr(start, comma - start), &value)) return false;
-    values->push_back(value);
-    start = comma + 1;
-  }
-  if (static_cast<int>(values->size()) != count) {
-    MX_ERROR_MSG << "mxnag: attribute '" << key << "' must list " << count
-                 << " numbers (one per weight), got " << values->size();
-    return false;
-  }
-  return true;
-}
 
 // What every update operator shares: the group size and whether float16 weights come
 // with float32 master weights (the last input of each parameter).
@@ -150,15 +90,6 @@ bool parse_layout(const Attrs& attrs, int states, GroupLayout* layout) {
   layout->multi_precision = mp == 1;
   layout->inputs_per_weight = 2 + states + (layout->multi_precision ? 1 : 0);
   return true;
-}
-
-const char* dtype_name(int dtype) {
-  switch (dtype) {
-    case kFloat32: return "float32";
-    case kFloat64: return "float64";
-    case kFloat16: return "float16";
-    default: return "a non-float type";
-  }
 }
 
 // ---------------------------------------------------------------------------------------
