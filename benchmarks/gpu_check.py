@@ -96,7 +96,16 @@ def load_mxnag(root=ROOT):
     package.__path__ = [os.path.join(root, 'mxnag')]
     sys.modules[package.__name__] = package
     cuda = importlib.import_module(package.__name__ + '.kernels.cuda')
-    optim = importlib.import_module(package.__name__ + '.optim')
+    # the copies of the optimizer classes register themselves with MXNet's registry (the
+    # real one where MXNet imports): put back what was there, so that in a process that
+    # also uses mxnag, mx.optimizer.create('adanag') still makes mxnag's own
+    registry = sys.modules['mxnet.optimizer'].Optimizer.opt_registry
+    saved = dict(registry)
+    try:
+        optim = importlib.import_module(package.__name__ + '.optim')
+    finally:
+        registry.clear()
+        registry.update(saved)
     spec = importlib.util.spec_from_file_location('_mxnag_reference',
                                                   os.path.join(root, 'tests', 'reference.py'))
     reference = importlib.util.module_from_spec(spec)

@@ -289,3 +289,12 @@ def test_gpu_check_gpu_mode_runs_on_a_stand_in_for_cupy(tmp_path, monkeypatch, c
     assert all(set(r) >= {'adanag', 'adan', 'floor_ms', 'copy_ms'} and r['adanag']['ms'] > 0 for r in rows)
     out = capsys.readouterr().out
     assert '| shape | elements |' in out and '| 4k | 4096 |' in out
+
+
+def test_loading_the_gpu_check_leaves_mxnets_registry_to_mxnag():
+    """gpu_check loads its own copies of the optimizer classes; in a process that uses
+    mxnag they must not replace mxnag's in MXNet's registry."""
+    import mxnag
+    _gpu_check().load_mxnag()
+    for name in ('adanag', 'adan', 'nadamw'):
+        assert mx.optimizer.Optimizer.opt_registry[name] is mxnag.optim.optimizers()[name]
