@@ -6,7 +6,7 @@
 A distributed kvstore server imports this package while ``mxnet`` is only half
 imported: nothing here may import more of MXNet than the optimizers need.
 """
-__version__ = '0.1.0'
+__version__ = '0.2.0'  # 0.2: step counts are optimizer states (0.1 checkpoints are refused)
 
 try:
     import mxnet  # noqa: F401
