@@ -108,11 +108,6 @@ class Adan(MxnagOptimizer):
         self.no_prox = check_bool(owner, 'no_prox', no_prox)
         super().__init__(learning_rate=learning_rate, **kwargs)
 
-    def _shared_coefficients(self):
-        return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,
-                'beta1': self.beta1, 'beta2': self.beta2, 'beta3': self.beta3,
-                'epsilon': self.epsilon}
-
     def _scalars(self, lr, wd):
         """One parameter's scalars (see the class docstring); the step scalars'
         multipliers: ``lr`` for mean_coef and diff_coef, 1 for first_step and sq_scale."""

@@ -112,10 +112,6 @@ class AdaNAG(MxnagOptimizer):
             products.append(products[-1] * self._mu(len(products)))
         return products[t]
 
-    def _shared_coefficients(self):
-        return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,
-                'beta1': self.beta1, 'beta2': self.beta2, 'epsilon': self.epsilon}
-
     def _scalars(self, lr, wd):
         """One parameter's scalars (see the class docstring); the step scalars'
         multipliers: ``lr`` for grad_coef and mean_coef, 1 for var_scale."""

@@ -104,9 +104,9 @@ class MxnagOptimizer(Optimizer):
     arguments when made and keeps everything it derives from the step count per parameter.
 
     A subclass declares its step (``rule``, a ``StepRule``: its states, the names of its
-    scalars, the readable step) and computes the scalars: ``_shared_coefficients()``
-    (those every parameter shares), ``_scalars(lr, wd)`` (one parameter's) and
-    ``_step_factors(t)`` (those that depend on its step ``t``). ``mxnag.kernels`` runs the
+    scalars, the readable step) and computes the scalars: ``_scalars(lr, wd)`` (one
+    parameter's) and ``_step_factors(t)`` (those that depend on its step ``t``); the ones
+    every parameter shares (``rule.shared``) are its attributes of those names. ``mxnag.kernels`` runs the
     rule on the fastest backend.
 
     Step counts live on the device, beside the states (a float64 array of two slots per
@@ -284,7 +284,10 @@ class MxnagOptimizer(Optimizer):
         self._init_device_side()
 
     def _shared_coefficients(self):
-        raise NotImplementedError
+        """The scalars every parameter of a group shares: each of ``rule.shared`` is the
+        optimizer's attribute of that name (``rescale_grad``, ``clip_gradient``, the betas,
+        ``epsilon``, ...)."""
+        return {name: getattr(self, name) for name in self.rule.shared}
 
     def _scalars(self, lr, wd):
         """One parameter's per-tensor scalars at learning rate ``lr`` and weight decay

@@ -65,10 +65,6 @@ class NAdamW(MxnagOptimizer):
         self.epsilon = check_number(owner, 'epsilon', epsilon, 0.0, low_open=True)
         super().__init__(learning_rate=learning_rate, **kwargs)
 
-    def _shared_coefficients(self):
-        return {'rescale_grad': self.rescale_grad, 'clip_gradient': self.clip_gradient,
-                'beta1': self.beta1, 'beta2': self.beta2, 'epsilon': self.epsilon}
-
     def _scalars(self, lr, wd):
         """One parameter's scalars (see the class docstring); the step scalars'
         multipliers: ``lr`` for grad_coef and mean_coef, 1 for var_scale."""

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 
 from ..errors import MxnagError, WriteError
 from ..files import atomic_write

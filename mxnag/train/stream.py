@@ -67,10 +67,9 @@ def _mnist_source(images, labels, seed, start) -> Iterator[Tuple[np.ndarray, int
 class Stream:
     """The state of one stream run that is not the learner's: classes, data, counters."""
 
-    def __init__(self, args, optimizer=None, quiet=False):
+    def __init__(self, args, optimizer=None):
         self.args = args
         self.optimizer = optimizer or args.optimizer
-        self.quiet = quiet
         self.context = mx.cpu()
         splits = data.load(args.dataset, args.data_dir)
         self.train_images, self.train_labels = splits['train']
@@ -142,7 +141,7 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
     """One stream run of ``args`` (the ``stream`` recipe's settings) with ``optimizer``
     (default ``args.optimizer``); returns the results (see the recipe's doc)."""
     started = time.time()
-    stream = Stream(args, optimizer, quiet)
+    stream = Stream(args, optimizer)
     learner = stream.learner
     metrics_log = loop.MetricsLog(args.log, None if quiet else args.tensorboard)
     last_checkpoint = time.time()
