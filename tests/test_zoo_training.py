@@ -1,8 +1,14 @@
-"""Every model family the recipes offer, trained by name through gluon.Trainer on the
-fused CPU path and on the composed path, with evaluation passes between the steps (which
-leave convolution weights in oneDNN's blocked layout); and the inputs the fused
+"""What users train, on the fused CPU path: every model family the recipes offer, a
+representative of each kind of weight oneDNN lays out its own way (dense; plain, grouped,
+depthwise and transposed convolutions in 1, 2 and 3 dimensions), Gluon and GluonCV zoo
+models at the sizes users train (3x224x224, 3x32x32), hybridized, with inference passes
+around each step (which leave convolution and dense weights in oneDNN's layouts), every
+fused step compared with the composed step from the same inputs; on one and two CPU
+contexts, and float16 weights with master weights. The whole zoo is
+``benchmarks/zoo_check.py``, whose functions these tests use. Also the inputs the fused
 operators once misread (mixed dtypes in a group, kvstore copies on cpu_pinned, OpenMP
 after fork, clip bounds outside float32's range)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,195 +17,204 @@ import textwrap
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon, nd
+from mxnet import gluon, nd
 
 import mxnag  # noqa: F401
 from mxnag import kernels
 from mxnag.train import models
-from mxnag.kernels import composed, fused_cpu
+from mxnag.kernels import fused_cpu
 
 from conftest import ROOT
 from optimizers import OPTIMIZERS as TABLE
 
-OPTIMIZERS = {info.name: info.trainer_args for info in TABLE}
+OPTIMIZERS = sorted(info.name for info in TABLE)
 MODELS = ['mlp', 'lenet', 'seed-cnn', 'resnet18_v1', 'resnet18_v2', 'mobilenetv2_0.25']
-STEPS = 3
 
 pytestmark = pytest.mark.skipif(not fused_cpu.available(), reason='fused CPU operators not built')
 
 
+def _zoo_check():
+    """benchmarks/zoo_check.py (not part of the package)."""
+    spec = importlib.util.spec_from_file_location(
+        'zoo_check', os.path.join(ROOT, 'benchmarks', 'zoo_check.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+zoo = _zoo_check()
+assert set(zoo.OPTIMIZER_ARGS) == set(OPTIMIZERS)  # the script checks every optimizer
+
+
 @pytest.fixture
-def fused(monkeypatch):
-    """Count the groups each backend updates; ``mode(True|False)`` picks the path, and
-    ``mode(True, check=True)`` also runs every fused group's step on copies of its
-    inputs through the composed path and compares (see ``_checked``)."""
-    calls = {'fused-cpu': 0, 'composed': 0, 'checked': []}
-    real_fused, real_composed = fused_cpu.update, composed.update
-    settings = {'check': False}
+def paths(monkeypatch):
+    """``use(on)``: the fused CPU path allowed (or forced off); returns the numbers of
+    groups each backend updates from then on."""
+    active = []
 
-    def counted_fused(*args, **kwargs):
-        calls['fused-cpu'] += 1
-        if settings['check']:
-            return _checked(real_fused, real_composed, calls['checked'], *args, **kwargs)
-        return real_fused(*args, **kwargs)
-
-    def counted_composed(*args):
-        calls['composed'] += 1
-        return real_composed(*args)
-
-    monkeypatch.setattr(fused_cpu, 'update', counted_fused)
-    monkeypatch.setattr(composed, 'update', counted_composed)
-
-    def mode(on, check=False):
+    def use(on):
         monkeypatch.setattr(fused_cpu, 'FORCED_OFF', not on)
-        settings['check'] = check
-        calls.update({'fused-cpu': 0, 'composed': 0, 'checked': []})
-        return calls
-    return mode
+        while active:
+            active.pop().__exit__()
+        active.append(zoo.StepChecker(check=False).__enter__())
+        return active[0].calls
+    yield use
+    while active:
+        active.pop().__exit__()
 
 
-# A step's displacement (and new states) on the fused path against the composed path's from the same
-# weights, gradients and states: float32 rounding is ~1e-6, a wrong or lost update ~1.
-# (Whole runs of the two paths drift apart by more: an adaptive step divides by the
-# gradient's size, so rounding differences in near-zero gradients of the second step
-# grow; that is why every step is compared from the same inputs.)
-STEP_BOUND = 1e-4
+def assert_trains(make_net, optimizer, shape, **options):
+    result = zoo.check_training(make_net, optimizer, shape, **options)
+    assert not result['problems'], result
+    return result
 
 
-def _checked(fused_update, composed_update, pending, rule, weights, grads, states, masters,
-             shared, per_tensor, step_arrays, slots, flag, table, **options):
-    """``fused_update`` on the arrays, ``composed_update`` on copies made before it (MXNet's
-    copy reads any layout); the arrays to compare go to ``pending`` (compared after the
-    run by ``_step_errors``: reading them now would wait for the engine and change the
-    order in which layouts change)."""
-    before = [w.copy() for w in weights]
-    copies = [w.copy() for w in weights], [g.copy() for g in grads], \
-        [tuple(s.copy() for s in state) for state in states], [a.copy() for a in step_arrays]
-    fused_update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots,
-                 flag, table, **options)
-    after = [w.copy() for w in weights], [tuple(s.copy() for s in state) for state in states]
-    composed_update(rule, copies[0], copies[1], copies[2], masters, shared, per_tensor, copies[3],
-                    slots, flag, table)
-    pending.append((before, after, (copies[0], copies[2])))
-
-
-def _step_errors(pending):
-    """Relative errors of every checked step's displacement and new states."""
-    errors = []
-    for before, (weights, states), (want_weights, want_states) in pending:
-        for k, start in enumerate(before):
-            start = start.asnumpy().astype(np.float64)
-            want = want_weights[k].asnumpy() - start
-            errors.append(np.linalg.norm(weights[k].asnumpy() - start - want) /
-                          max(np.linalg.norm(want), 1e-30))
-            for state, want in zip(states[k], want_states[k]):
-                want = want.asnumpy().astype(np.float64)
-                errors.append(np.linalg.norm(state.asnumpy() - want) / max(np.linalg.norm(want), 1e-30))
-    return errors
-
-
-def train(name, optimizer, ctxs, kvstore=None, update_on_kvstore=None, seed=0):
-    """STEPS hybridized training steps on 1x28x28 inputs, each followed by an evaluation
-    pass (the user's validation): the trained parameters before and after."""
-    net = models.get_model(name, classes=10)  # hybridized
-    mx.random.seed(seed)
-    net.initialize(mx.init.Xavier(), ctx=ctxs)
-    rng = np.random.default_rng(seed)
-    batches = [(rng.standard_normal((8, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 8))
-               for _ in range(STEPS)]
-    net(nd.array(batches[0][0], ctx=ctxs[0]))  # shapes known before the first step
-    params = [p for p in net.collect_params().values() if p.grad_req != 'null']
-    before = [p.data(ctxs[0]).asnumpy() for p in params]
-    trainer = gluon.Trainer(net.collect_params(), optimizer, dict(OPTIMIZERS[optimizer]),
-                            kvstore=kvstore, update_on_kvstore=update_on_kvstore)
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    for x, y in batches:
-        xs = gluon.utils.split_and_load(nd.array(x), ctxs)
-        ys = gluon.utils.split_and_load(nd.array(y), ctxs)
-        with autograd.record():
-            losses = [loss_fn(net(a), b) for a, b in zip(xs, ys)]
-        for loss in losses:
-            loss.backward()
-        trainer.step(len(x))
-        for a in xs:
-            net(a).wait_to_read()  # evaluation pass: weights go to oneDNN layouts
-    nd.waitall()
-    after = [[p.data(ctx).asnumpy() for p in params] for ctx in ctxs]
-    return [p.name for p in params], before, after
-
-
-def assert_same_training(name, optimizer, ctxs, fused, **trainer_args):
-    """Trains on the composed path, then on the fused path with every step compared with
-    the composed step from the same inputs; every parameter moves on both."""
-    calls = fused(False)
-    names, before, composed = train(name, optimizer, ctxs, **trainer_args)
-    assert calls['fused-cpu'] == 0 and calls['composed'] > 0
-    calls = fused(True, check=True)
-    _, before_fused, got = train(name, optimizer, ctxs, **trainer_args)
-    assert calls['composed'] == 0 and calls['fused-cpu'] > 0, calls
-    errors = _step_errors(calls['checked'])
-    assert len(errors) >= 2 * STEPS * len(names)  # weights and states
-    assert max(errors) < STEP_BOUND, max(errors)
-    for k, param in enumerate(names):
-        np.testing.assert_array_equal(before_fused[k], before[k])
-        for run in (composed, got):
-            for c in range(len(ctxs)):  # every device copy followed the same trajectory
-                np.testing.assert_array_equal(run[c][k], run[0][k])
-            assert not np.array_equal(run[0][k], before[k]), '%s did not move' % param
-
-
-@pytest.mark.parametrize('optimizer', sorted(OPTIMIZERS))
+@pytest.mark.parametrize('optimizer', OPTIMIZERS)
 @pytest.mark.parametrize('name', MODELS)
-def test_model_family_trains_the_same_on_fused_and_composed_paths(name, optimizer, fused):
-    assert_same_training(name, optimizer, [mx.cpu(0)], fused)
+def test_recipe_models_train_the_same_on_fused_and_composed_paths(name, optimizer):
+    """The recipes' models at their input size (1x28x28)."""
+    assert_trains(lambda: models.get_model(name, classes=10), optimizer, (8, 1, 28, 28))
+
+
+@pytest.mark.parametrize('optimizer', OPTIMIZERS)
+@pytest.mark.parametrize('kind', sorted(zoo.LAYER_NETS))
+def test_every_kind_of_weight_layout(kind, optimizer):
+    """Dense, and plain, grouped, depthwise and transposed (also grouped) convolutions in
+    1, 2 and 3 dimensions: oneDNN gives grouped weights one dimension more than the array
+    (5-D for a 4-D weight, 6-D for a 3-D convolution's), which the in-place Reshape used
+    before could not reorder (1-D and 2-D) or left as it was (3-D)."""
+    assert_trains(lambda: zoo.make_model(kind), optimizer, zoo.LAYER_NETS[kind])
+
+
+@pytest.mark.parametrize('name, size', [('mobilenetv2_0.25', 224), ('mobilenetv2_0.25', 32),
+                                        ('mobilenet0.25', 32), ('cifar_resnet20_v1', 32),
+                                        ('mobilenetv3_small', 32), ('se_resnet18_v1', 32)])
+def test_zoo_models_at_the_sizes_users_train(name, size):
+    """Gluon's and GluonCV's models with 3-channel inputs (the issue's crash: MobileNetV2's
+    depthwise weights at 3x224x224, batch 2); every optimizer in
+    ``benchmarks/zoo_check.py``."""
+    shape = (zoo.SIZES[size], 3, size, size)
+    for optimizer in OPTIMIZERS if name == 'mobilenetv2_0.25' else ['adanag']:
+        assert_trains(lambda: zoo.make_model(name), optimizer, shape)
+
+
+def test_float16_weights_with_master_weights():
+    """multi_precision: float16 weights (4-D, as a convolution's), float32 master weights.
+    MXNet 1.9.1's CPU operators train no convolution or dense layer in float16 ("FP16 gemm
+    on cpu not implemented!"), and its oneDNN operators take no float16 array, so such
+    weights never meet oneDNN's layouts on the CPU: an elementwise model of them."""
+    class Scale(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.kernel = self.params.get('kernel', shape=(10, 3, 4, 4))
+                self.bias = self.params.get('bias', shape=(10,), init='zeros')
+
+        def hybrid_forward(self, F, x, kernel, bias):  # noqa: N803
+            products = F.broadcast_mul(x.expand_dims(1), kernel.expand_dims(0))
+            return F.broadcast_add(products.sum(axis=(2, 3, 4)), bias.expand_dims(0))
+
+    for optimizer in OPTIMIZERS:
+        result = assert_trains(Scale, optimizer, (8, 3, 4, 4), dtype='float16')
+        assert result['fused_groups'] == 3
 
 
 @pytest.mark.parametrize('update_on_kvstore', [False, True])
-@pytest.mark.parametrize('name', ['lenet', 'resnet18_v1', 'mobilenetv2_0.25'])
-def test_two_cpu_contexts_with_device_kvstore(name, update_on_kvstore, fused):
+@pytest.mark.parametrize('name, shape', [('lenet', (8, 1, 28, 28)),
+                                         ('layers-conv2d', zoo.LAYER_NETS['layers-conv2d']),
+                                         ('mobilenetv2_0.25', (8, 3, 32, 32))])
+def test_two_cpu_contexts_with_device_kvstore(name, shape, update_on_kvstore):
     """kvstore='device' on cpu(0) and cpu(1); update_on_kvstore=True updates the kvstore's
-    copies, which live on cpu_pinned(0), on the fused path too."""
-    assert_same_training(name, 'adanag', [mx.cpu(0), mx.cpu(1)], fused, kvstore='device',
-                         update_on_kvstore=update_on_kvstore)
+    copies, which live on cpu_pinned(0), on the fused path too. Every device copy ends
+    identical."""
+    make = (lambda: models.get_model(name, classes=10)) if name == 'lenet' else \
+        (lambda: zoo.make_model(name))
+    for optimizer in OPTIMIZERS if name == 'layers-conv2d' else ['adanag']:
+        assert_trains(make, optimizer, shape, ctxs=[mx.cpu(0), mx.cpu(1)], kvstore='device',
+                      update_on_kvstore=update_on_kvstore)
 
 
-def test_the_issue_example_runs_as_written():
-    """The README's zoo model with an evaluation pass between steps, MXNet's default
-    (threaded) engine, in a fresh process, every optimizer."""
+def test_the_check_fails_a_lost_or_misread_update(monkeypatch):
+    """The comparison is not blind: a fused step that drops the update of one weight, or
+    reads a weight's layout wrong (its elements in another order), fails it."""
+    real = fused_cpu.update
+
+    def dropping(rule, weights, grads, *args, **kwargs):
+        saved = [w.copy() for w in weights]
+        real(rule, weights, grads, *args, **kwargs)
+        saved[-1].copyto(weights[-1])
+
+    def scrambling(rule, weights, grads, *args, **kwargs):
+        real(rule, weights, grads, *args, **kwargs)
+        for w in weights:  # as if a blocked layout were read as the default one
+            if len(w.shape) >= 2:
+                w[:] = nd.array(w.asnumpy().reshape(w.shape[1], w.shape[0], -1)
+                                .transpose(1, 0, 2).reshape(w.shape))
+    for wrong in (dropping, scrambling):
+        monkeypatch.setattr(fused_cpu, 'update', wrong)
+        result = zoo.check_training(lambda: zoo.make_model('layers-conv2d'), 'adanag',
+                                    zoo.LAYER_NETS['layers-conv2d'])
+        assert any('differs from the composed step' in p for p in result['problems']), result
+
+
+@pytest.mark.parametrize('size, batch', [(224, 2), (32, 8)])
+def test_the_issue_example_runs_as_written(size, batch):
+    """The README's usage with MobileNetV2 (depthwise convolutions) and a validation pass
+    between steps, MXNet's default (threaded) engine, in a fresh process, every optimizer."""
     script = textwrap.dedent('''
-        import mxnet as mx
+        import sys
+        import mxnet as mx, numpy as np
         from mxnet import gluon, autograd
         import mxnag
-        for name in ('adanag', 'adan'):
-            net = gluon.model_zoo.vision.get_model('resnet18_v1', classes=10)
+        size, batch = int(sys.argv[1]), int(sys.argv[2])
+        for name in sys.argv[3:]:
+            net = gluon.model_zoo.vision.get_model('mobilenetv2_0.25', classes=10)
             net.initialize(mx.init.Xavier()); net.hybridize()
-            tr = gluon.Trainer(net.collect_params(), name, {'learning_rate': 1e-3})
+            tr = gluon.Trainer(net.collect_params(), name, {'learning_rate': 1e-3, 'wd': 1e-4})
             L = gluon.loss.SoftmaxCrossEntropyLoss()
-            x = mx.nd.random.uniform(shape=(8, 3, 32, 32)); y = mx.nd.arange(8) % 10
-            for i in range(3):
+            x = mx.nd.random.normal(shape=(batch, 3, size, size)); y = mx.nd.arange(batch) % 10
+            for i in range(4):
                 with autograd.record():
                     l = L(net(x), y).mean()
-                l.backward(); tr.step(8)
-                net(x).wait_to_read()
+                l.backward(); tr.step(batch)
+                net(x).wait_to_read()          # a validation pass between steps
             mx.nd.waitall()
             assert mxnag.kernels.backend_for(list(net.collect_params().values())[0].data()) == 'fused-cpu'
         print('trained')
     ''')
     env = {k: v for k, v in os.environ.items() if k not in ('MXNAG_FUSED', 'MXNET_ENGINE_TYPE')}
-    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, '-c', script, str(size), str(batch)] + OPTIMIZERS,
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0 and 'trained' in proc.stdout, proc.stderr[-2000:]
 
 
-def test_blocked_layout_weight_is_updated_in_place_exactly(rng):
-    """A weight an inference convolution left in oneDNN's layout, and a gradient in it too."""
-    shape = (16, 8, 3, 3)
+# (operator, data shape, weight shape, arguments): each kind of weight oneDNN reorders
+BLOCKED = {
+    'dense': (nd.FullyConnected, (4, 64), (32, 64), dict(num_hidden=32)),
+    'conv2d': (nd.Convolution, (2, 8, 8, 8), (16, 8, 3, 3), dict(kernel=(3, 3), num_filter=16)),
+    'grouped-conv2d': (nd.Convolution, (2, 8, 8, 8), (16, 2, 3, 3),
+                       dict(kernel=(3, 3), num_filter=16, num_group=4)),
+    'depthwise-conv2d': (nd.Convolution, (2, 16, 8, 8), (16, 1, 3, 3),
+                         dict(kernel=(3, 3), num_filter=16, num_group=16)),
+    'grouped-conv1d': (nd.Convolution, (2, 8, 16), (16, 2, 3), dict(kernel=(3,), num_filter=16, num_group=4)),
+    'conv3d': (nd.Convolution, (2, 4, 6, 6, 6), (8, 4, 3, 3, 3), dict(kernel=(3, 3, 3), num_filter=8)),
+    'grouped-conv3d': (nd.Convolution, (2, 8, 6, 6, 6), (8, 2, 3, 3, 3),
+                       dict(kernel=(3, 3, 3), num_filter=8, num_group=4)),
+    'grouped-deconv2d': (nd.Deconvolution, (2, 8, 8, 8), (8, 4, 3, 3),
+                         dict(kernel=(3, 3), num_filter=8, num_group=2)),
+}
+
+
+@pytest.mark.parametrize('kind', sorted(BLOCKED))
+def test_blocked_layout_weight_is_updated_in_place_exactly(kind, rng):
+    """A weight that an inference pass left in oneDNN's layout for its kind of layer, and a
+    gradient in it too, against a float64 reference."""
+    op, data_shape, shape, arguments = BLOCKED[kind]
 
     def blocked(values):
         array = nd.array(values)
-        nd.Convolution(nd.array(rng.standard_normal((2, 8, 8, 8))), array, kernel=(3, 3),
-                       num_filter=16, no_bias=True).wait_to_read()
-        nd.waitall()  # the reorder into the blocked layout has run
+        op(nd.array(rng.standard_normal(data_shape)), array, no_bias=True, **arguments).wait_to_read()
+        nd.waitall()  # the reorder into oneDNN's layout has run
         return array
 
     w0 = rng.standard_normal(shape).astype(np.float32)
@@ -217,6 +232,37 @@ def test_blocked_layout_weight_is_updated_in_place_exactly(rng):
     want = w64 * 0.99 - (0.01 * g64 + 0.02 * m) / (np.sqrt(v) * 1.5 + 1e-8)
     np.testing.assert_allclose(mean.asnumpy(), m, rtol=1e-5)
     np.testing.assert_allclose(weight.asnumpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_mxnet_has_onednn_and_its_reorder_function():
+    """This wheel is built with oneDNN, and exports what ``to_default_layout`` calls."""
+    from mxnet.base import _LIB
+    assert fused_cpu._has_onednn(_LIB)
+    assert fused_cpu._reorder_to_default() is not None
+
+
+def test_without_mxnet_reorder_function_the_composed_update_is_used():
+    """Where MXNet has oneDNN but its reorder cannot be found, the fused operators could not
+    write a weight in oneDNN's layout: one warning, and the composed update, never a crash."""
+    script = textwrap.dedent('''
+        import mxnet as mx
+        from mxnag.kernels import fused_cpu
+        fused_cpu._REORDER = '_ZNK5mxnet7NDArray13NoSuchMethodEv'
+        import mxnag
+        w = mx.nd.ones((16, 8, 3, 3))
+        print(mxnag.kernels.backend_for(w))
+        opt = mx.optimizer.create('adanag', learning_rate=0.1)
+        opt.update(0, w, mx.nd.ones(w.shape), opt.create_state(0, w))
+        print(float(w[0, 0, 0, 0].asscalar()))
+    ''')
+    env = {k: v for k, v in os.environ.items() if k != 'MXNAG_FUSED'}
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    backend, value = proc.stdout.split()
+    assert backend == 'composed' and 0.85 < float(value) < 0.95, proc.stdout  # it moved by ~lr
+    assert "exports no _ZNK5mxnet7NDArray13NoSuchMethodEv" in proc.stderr
+    assert proc.stderr.count('fused CPU optimizer kernels unavailable') == 1, proc.stderr
 
 
 ADANAG_COEFS = dict(rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999, epsilon=1e-8)
@@ -282,8 +328,8 @@ def test_optimizer_update_with_a_hand_built_mixed_group(rng):
 
 
 @pytest.mark.parametrize('device_type', ['cpu_pinned', 'cpu_shared'])
-def test_host_memory_contexts_use_the_fused_path(device_type, rng, fused):
-    calls = fused(True)
+def test_host_memory_contexts_use_the_fused_path(device_type, rng, paths):
+    calls = paths(True)
     ctx = mx.Context(device_type, 0)
     values = rng.standard_normal((2, 5000))
     weight = nd.array(values[0], ctx=ctx)
@@ -300,11 +346,11 @@ def test_host_memory_contexts_use_the_fused_path(device_type, rng, fused):
 
 @pytest.mark.parametrize('clip', [1e-42, 1e-30, 0.05, 1e30, 1e300])
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])
-def test_both_paths_accept_the_same_clip_bounds(clip, dtype, rng, fused):
+def test_both_paths_accept_the_same_clip_bounds(clip, dtype, rng, paths):
     values = rng.standard_normal((2, 999)) * 0.1
 
     def step(on):
-        calls = fused(on)
+        calls = paths(on)
         opt = mx.optimizer.create('adanag', learning_rate=0.01, clip_gradient=clip)
         weight = nd.array(values[0], dtype=dtype)
         opt.update(0, weight, nd.array(values[1], dtype=dtype), opt.create_state(0, weight))
@@ -348,13 +394,13 @@ def test_openmp_threading_survives_fork_under_the_naive_engine():
     assert proc.returncode == 0 and 'child 0' in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
-def test_views_of_a_larger_array_update_in_place(rng, fused):
+def test_views_of_a_larger_array_update_in_place(rng, paths):
     """A weight that is a slice (or a reshaped view) of a larger array, as MXNet's own
     optimizers take it: only the view's elements change."""
     values = rng.standard_normal((8, 5))
     results = {}
     for on in (True, False):
-        fused(on)
+        paths(on)
         big = nd.array(values)
         view = big[2:5]
         opt = mx.optimizer.create('adanag', learning_rate=0.1)

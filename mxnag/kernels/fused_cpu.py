@@ -94,11 +94,44 @@ def _load(path):
         _op_handle(_PROBE)
     except MXNetError:  # not registered yet
         check_call(_LIB.MXLoadLib(c_str(path), mx_uint(0)))
-    # MXNet's Reshape, for to_default_layout
-    return {_PROBE: _op_handle(_PROBE), 'Reshape': ctypes.c_void_p(_op_handle('Reshape'))}
+    return {_PROBE: _op_handle(_PROBE), _REORDER: _reorder_to_default()}
 
 
 _PROBE = 'mxnag_probe'  # every build of the library has it
+# NDArray::Reorder2DefaultAsync() const (include/mxnet/ndarray.h, declared where MXNet is
+# built with oneDNN), by its Itanium C++ ABI name: a non-virtual member function, so its
+# one argument is the NDArray* that an NDArrayHandle is.
+_REORDER = '_ZNK5mxnet7NDArray20Reorder2DefaultAsyncEv'
+
+
+def _reorder_to_default():
+    """MXNet's ``NDArray::Reorder2DefaultAsync`` as a ctypes function of an NDArrayHandle;
+    None where MXNet has no oneDNN (no array has a layout of its own there). Raises where
+    MXNet has oneDNN and the function cannot be found: the fused operators could not
+    write a weight in a oneDNN layout, so the composed update is used instead."""
+    from mxnet.base import _LIB
+    try:
+        function = getattr(_LIB, _REORDER)
+    except AttributeError:
+        if _has_onednn(_LIB):
+            raise RuntimeError('MXNet is built with oneDNN (MKLDNN) but exports no %s, which '
+                               'the fused operators need for weights in oneDNN layouts' % _REORDER)
+        return None
+    function.argtypes = [ctypes.c_void_p]
+    function.restype = None
+    return function
+
+
+def _has_onednn(lib):
+    """Whether MXNet was built with oneDNN (MKLDNN), from ``MXLibInfoFeatures`` (the C call
+    behind ``mxnet.runtime``, which a kvstore server's half-imported MXNet may lack)."""
+    class Feature(ctypes.Structure):
+        _fields_ = [('name', ctypes.c_char_p), ('enabled', ctypes.c_bool)]
+    features = ctypes.POINTER(Feature)()
+    size = ctypes.c_size_t()
+    if lib.MXLibInfoFeatures(ctypes.byref(features), ctypes.byref(size)) != 0:
+        return True  # cannot tell: assume the layouts exist
+    return any(features[k].name == b'MKLDNN' and features[k].enabled for k in range(size.value))
 
 
 def invoke(name, inputs, keys, values, out):
@@ -113,37 +146,37 @@ def invoke(name, inputs, keys, values, out):
 
 def to_default_layout(weights, shapes=None):
     """Leave every float32 weight of ``weights`` that MXNet's oneDNN (MKLDNN) operators
-    may have put in a layout of their own in MXNet's default layout, in place.
+    may have put in a layout of their own in MXNet's default layout, in place, whatever
+    that layout is (blocked, grouped or depthwise with one more dimension than the array,
+    3-D convolutions').
 
-    An inference pass through a convolution or dense layer reorders its weight into
-    oneDNN's blocked layout, on the engine, when it runs (so whether a weight is blocked
-    when the update runs is not known when the update is issued). MXNet's own optimizer
-    operators handle that with a temporary copy; an extension operator cannot write to
-    a blocked array at all ("We can't generate TBlob for MKLDNN data"). An in-place
-    ``Reshape`` to the same shape is oneDNN's reorder to the default layout when the
-    array is blocked at that moment, and does nothing to memory when it is not (no copy,
-    one engine operation: about 7 us per weight, issued through MXNet's C call directly).
-    Its write also makes any reorder to a blocked layout that an inference pass queued
-    before it a no-op (MXNet's reorder checks the array's version). Only arrays of 2 or
-    more dimensions have oneDNN layouts (weights of convolutions and dense layers), and
-    only float32 ones on this build. ``shapes``: the weights' shapes when the caller knows
-    them (each look-up is a call into MXNet)."""
-    from mxnet.base import _LIB, NDArrayHandle, check_call
-    handle = _LIBRARY.value[1]['Reshape']
-    one = ctypes.c_int(1)
-    stypes = ctypes.POINTER(ctypes.c_int)()
+    Why a weight can be in such a layout, and why this undoes every one of them (apache/
+    mxnet 1.9.1 sources): an inference pass through Convolution, Deconvolution or
+    FullyConnected (and their quantized forms) calls ``weight.MKLDNNDataReorderAsync(desc)``
+    on a default-layout weight, which reorders it on the engine, when it runs, to the
+    primitive's weight layout; a grouped convolution's is 5-D (groups first) for a 4-D
+    weight. Those calls are the only ones in MXNet that change the layout of an operator's
+    input in place, and they touch only weights of 2 or more dimensions, in float32 (or
+    bfloat16 and int8, which mxnag does not train). An extension operator cannot write an
+    array in such a layout (its dispatcher calls ``data()`` on outputs: "We can't generate
+    TBlob for MKLDNN data"). ``NDArray::Reorder2DefaultAsync`` is what MXNet's own training
+    passes call on such a weight (``mkldnn_convolution.cc``, ``mkldnn_fully_connected.cc``):
+    an engine operation writing the array, whose ``Chunk::Reorder2Default`` reorders from
+    the layout's own descriptor (any number of dimensions) to its default format, which
+    for a grouped weight (goihw) is the bytes of the array's own (OIHW), and does nothing
+    for an array in the default layout. As a write it also raises the array's version, so
+    a reorder to a oneDNN layout that an inference pass queued before the update finds
+    the version changed and does nothing (``MKLDNNDataReorderAsync`` checks it).
+    (An in-place ``Reshape``, used before, reorders to a descriptor of the array's own
+    dimensions, which oneDNN refuses for a 5-D grouped layout, and does nothing for 5-D
+    arrays.) About 2 us of host time per weight. ``shapes``: the weights' shapes when the
+    caller knows them (each look-up is a call into MXNet)."""
+    reorder = _LIBRARY.value[1][_REORDER]
+    if reorder is None:
+        return
     for k, weight in enumerate(weights):
-        shape = weight.shape if shapes is None else shapes[k]
-        if len(shape) < 2:
-            continue
-        array = (NDArrayHandle * 1)(weight.handle)
-        outputs = ctypes.cast(array, ctypes.POINTER(NDArrayHandle))
-        check_call(_LIB.MXImperativeInvokeEx(
-            handle, one, array, ctypes.byref(ctypes.c_int(1)), ctypes.byref(outputs), one,
-            _SHAPE_KEY, (ctypes.c_char_p * 1)(str(shape).encode()), ctypes.byref(stypes)))
-
-
-_SHAPE_KEY = (ctypes.c_char_p * 1)(b'shape')
+        if len(weight.shape if shapes is None else shapes[k]) >= 2:
+            reorder(weight.handle)
 
 
 def update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots, flag,
@@ -159,7 +192,7 @@ def update(rule, weights, grads, states, masters, shared, per_tensor, step_array
     extension operator a default-layout copy of such an input).
     """
     if masters is None and weights[0].dtype is numpy.float32:  # a group has one dtype
-        to_default_layout(weights)
+        to_default_layout(weights, shapes)
     inputs = []
     for k, (weight, grad, state) in enumerate(zip(weights, grads, states)):
         inputs.append(weight)
