@@ -1,6 +1,9 @@
 """Faults injected on purpose: non-finite gradients, kills during training and during
 checkpoint writes, damaged and foreign files, and random hyperparameters (hypothesis)."""
+import hashlib
+import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -14,6 +17,7 @@ import pytest
 from mxnet import gluon
 
 import mxnag  # noqa: F401
+import mxnag.states
 from mxnag.train import checkpoint, data, loop, models
 from mxnag.errors import MxnagError, TrainingError
 from conftest import ROOT
@@ -166,6 +170,70 @@ def test_foreign_state_files_are_refused(tmp_path):
     (tmp_path / 'junk.states').write_bytes(b'\x80\x04junk')
     with pytest.raises(MxnagError, match='not a trainer state file'):
         checkpoint.load_trainer_states(trainer_for('mlp', 'adanag'), str(tmp_path / 'junk.states'), 'adanag')
+
+
+class _RunsCode:
+    """Unpickles as a call of os.system: what a crafted .states file can ask of pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, ('touch %s' % self.marker,)
+
+
+def _crafted_states(path, marker):
+    """A state file whose optimizer slot runs a shell command when unpickled."""
+    path.write_bytes(pickle.dumps(({0: (mx.nd.ones((2,)), mx.nd.ones((2,)))}, _RunsCode(marker))))
+
+
+def test_a_state_file_that_would_run_code_is_refused_and_nothing_of_it_runs(tmp_path):
+    """load_trainer_states (and so every resume) reads state files through
+    mxnag.states, which admits only what optimizer states hold; MXNet's own
+    Trainer.load_states would run the command."""
+    net = models.get_model('mlp')
+    net.initialize()
+    net(mx.nd.zeros((1, 1, 28, 28)))
+    trainer = gluon.Trainer(net.collect_params(), 'adanag')
+    marker = tmp_path / 'ran'
+    _crafted_states(tmp_path / 'crafted.states', marker)
+    with pytest.raises(MxnagError, match=r'crafted.states: not a trainer state file \(it asks for '
+                                         r'posix.system, which optimizer states never hold'):
+        checkpoint.load_trainer_states(trainer, str(tmp_path / 'crafted.states'), 'adanag')
+    assert not marker.exists()
+    for module, name in [('builtins', 'eval'), ('subprocess', 'Popen'), ('mxnet.base', '_LIB'),
+                         ('mxnag.dist.launch', 'main'), ('numpy.core.multiarray', 'scalar'),
+                         ('mxnet.optimizer.optimizer', 'Optimizer.__init__')]:
+        with pytest.raises(MxnagError, match='it asks for %s.%s' % (module, name.replace('.', r'\.'))):
+            mxnag.states.loads(b'\x80\x04\x8c%c%s\x8c%c%s\x93.' % (len(module), module.encode(),
+                                                                 len(name), name.encode()), 'x.states')
+    from mxnet.optimizer.optimizer import Updater  # the server's path: its updater untouched
+    updater = Updater(mx.optimizer.create('adanag'))
+    with pytest.raises(MxnagError, match='it asks for posix.system'):
+        mxnag.states.set_updater_states(updater, (tmp_path / 'crafted.states').read_bytes(), 'x')
+    assert updater.states == {} and not marker.exists()
+
+
+def test_resume_refuses_a_crafted_state_file_with_one_line(tmp_path, mnist_dir):
+    """A checkpoint whose .states (and checksum) an attacker replaced: --resume ends with
+    exit status 2 and one line, and the command in the file never runs."""
+    args = [sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'mnist_pretrain.py'),
+            '--model', 'mlp', '--shots', 10, '--epochs', 1, '--data-dir', mnist_dir,
+            '--no-progress', '--checkpoint-dir', tmp_path / 'run']
+    args = [str(a) for a in args]
+    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    marker = tmp_path / 'ran'
+    states = tmp_path / 'run' / 'epoch-0001.states'
+    _crafted_states(states, marker)
+    meta_path = tmp_path / 'run' / 'epoch-0001.json'
+    meta = json.loads(meta_path.read_text())
+    meta['sha256']['states'] = hashlib.sha256(states.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    proc = subprocess.run(args + ['--resume'], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count('\n') == 0, proc.stderr
+    assert 'epoch-0001.states: not a trainer state file (it asks for posix.system' in proc.stderr
+    assert not marker.exists()
 
 
 def test_checkpoint_of_another_mxnag_version_is_refused(tmp_path, mnist_dir):

@@ -12,6 +12,8 @@ import os
 import pickle
 import sys
 
+from .. import states
+from ..errors import MxnagError
 from ..files import atomic_write
 
 # MXNet's servers pass only command 0 (the "controller" command, which carries the
@@ -20,7 +22,7 @@ from ..files import atomic_write
 CONTROLLER = 0
 SAVE_STATES = 'mxnag:save-states:'  # write <prefix>.server<rank>
 LOAD_STATES = 'mxnag:load-states:'  # read <prefix>.server<rank>
-EXIT_UNPICKLE = 3
+EXIT_UNPICKLE = 3  # also: a state file it refuses to read
 
 
 def state_path(prefix, rank):
@@ -55,7 +57,13 @@ def main():
                         atomic_write(path, write)
                     else:
                         with open(path, 'rb') as f:
-                            kvstore._updater.set_states(f.read())
+                            blob = f.read()
+                        try:  # a crafted file would run code through MXNet's set_states
+                            states.set_updater_states(kvstore._updater, blob, path)
+                        except MxnagError as err:
+                            sys.stderr.write('mxnag.dist.server %d: %s\n' % (kvstore.rank, err))
+                            sys.stderr.flush()
+                            os._exit(EXIT_UNPICKLE)
                 elif cmd_id == CONTROLLER:
                     try:
                         optimizer = pickle.loads(cmd_body)

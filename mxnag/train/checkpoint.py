@@ -13,6 +13,7 @@ import json
 import os
 import re
 
+from .. import states as state_files
 from ..errors import MxnagError, WriteError
 from ..files import atomic_write
 
@@ -155,15 +156,19 @@ def prune(directory, keep):
 
 def load_trainer_states(trainer, path, optimizer_name):
     """``trainer.load_states(path)``, after checking that the file holds the states of
-    ``optimizer_name`` for parameters of the trainer's shapes: MXNet itself would swap in
-    whatever optimizer the file holds and fail later, or silently, on a mismatch."""
-    import pickle
+    ``optimizer_name`` for parameters of the trainer's shapes (MXNet itself would swap in
+    whatever optimizer the file holds and fail later, or silently, on a mismatch), and
+    reading it through ``mxnag.states``, which refuses a file that would run code (MXNet
+    unpickles anything). Raises MxnagError naming the file; the trainer is untouched then."""
     try:
         with open(path, 'rb') as f:
-            states, optimizer = pickle.loads(f.read())
-    except (OSError, ValueError, TypeError, EOFError, pickle.UnpicklingError, AttributeError,
-            ImportError) as err:
-        raise MxnagError('%s: not a trainer state file (%s)' % (path, err)) from None
+            blob = f.read()
+    except OSError as err:
+        raise MxnagError('%s: cannot read (%s)' % (path, err.strerror or err)) from None
+    content = state_files.loads(blob, path)
+    if not (isinstance(content, tuple) and len(content) == 2 and isinstance(content[0], dict)):
+        raise MxnagError('%s: not a trainer state file (no optimizer in it)' % path)
+    states, optimizer = content
     found = type(optimizer).__name__.lower()
     if found != optimizer_name.lower():
         raise MxnagError('%s: states of optimizer %r, not %r' % (path, found, optimizer_name))
@@ -177,4 +182,19 @@ def load_trainer_states(trainer, path, optimizer_name):
             raise MxnagError('%s: states for another model (parameter %r: %s, here %s)'
                              % (path, index, [a.shape for a in arrays],
                                 None if param is None else param.shape))
-    trainer.load_states(path)
+    _set_trainer_states(trainer, blob, path)
+
+
+def _set_trainer_states(trainer, blob, path):
+    """What ``Trainer.load_states`` does (MXNet 1.9.1, gluon/trainer.py), each updater's
+    copy read through ``mxnag.states`` (one copy per updater, as MXNet makes)."""
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    updaters = [trainer._kvstore._updater] if trainer._update_on_kvstore else trainer._updaters
+    for updater in updaters:
+        state_files.set_updater_states(updater, blob, path)
+        updater.optimizer = updaters[0].optimizer
+    trainer._optimizer = updaters[0].optimizer
+    trainer._optimizer.param_dict = dict(enumerate(trainer._params))
