@@ -11,6 +11,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.environ.get('MXNAG_TEST_MNIST', os.path.join(ROOT, '..', 'shared', 'data', 'mnist'))
 
 
+def run_recipe(script, *args, check=True):
+    """``recipes/<script>`` with ``args`` in a fresh process; with ``check``, an error
+    (with the end of its stderr) unless it exits 0."""
+    import sys
+    proc = subprocess.run([sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', script)] +
+                          [str(a) for a in args], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    if check and proc.returncode != 0:
+        raise AssertionError('%s failed (%d):\n%s' % (script, proc.returncode, proc.stderr[-3000:]))
+    return proc
+
+
 @pytest.fixture
 def rng(request):
     """Fresh random data per test, reproducible from the test's name."""

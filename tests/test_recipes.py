@@ -3,25 +3,14 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import run_recipe
 
-RECIPES = os.path.join(ROOT, 'recipes')
-
-
-def run(script, *args, check=True):
-    proc = subprocess.run([sys.executable, '-W', 'ignore', os.path.join(RECIPES, script)] +
-                          [str(a) for a in args], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
-    if check and proc.returncode != 0:
-        raise AssertionError('%s failed (%d):\n%s' % (script, proc.returncode, proc.stderr[-3000:]))
-    return proc
+run = run_recipe
 
 
 def load_params(path):

@@ -11,6 +11,8 @@ from mxnag.train import cli, loop, run, settings, sweep
 RESUME_KEYS = ('model', 'dataset', 'classes', 'shots', 'optimizer', 'lr', 'opt_args', 'batch_size',
                'seed', 'lr_schedule', 'warmup_epochs', 'lr_step_epochs', 'lr_factor', 'epochs',
                'features', 'features_lr_mult', 'train_last', 'pretrained',
+               # the data sources' (mxnag.train.sources)
+               'data', 'val_fraction', 'input_size', 'augment', 'normalize',
                # a stream's (mnist_stream.py)
                'source', 'replay', 'reservoir', 'arrival_batch', 'replay_batch')
 
@@ -50,7 +52,7 @@ def test_resume_keys_and_config_come_from_the_table():
     assert config['features'] is None and config['pretrained'] is None  # finetune's, not taken
     for key in RESUME_KEYS:
         assert key in config
-    for output in ('out', 'log', 'checkpoint_dir', 'save', 'resume', 'data_dir', 'max_skips'):
+    for output in ('out', 'log', 'checkpoint_dir', 'save', 'resume', 'data_dir', 'max_skips', 'workers'):
         assert output not in config
     fine = settings.config_of(parse('finetune', '--pretrained', 'x.params', '--features', 'freeze'))
     assert (fine['features'], fine['features_lr_mult'], fine['pretrained']) == ('freeze', 0.1, 'x.params')
@@ -144,6 +146,7 @@ def test_the_toolkit_logs_and_the_command_line_shows_it(tmp_path, caplog):
 
     class Loader(list):
         batch_size = 4
+        input_shape = (1, 28, 28)
         epoch = 0
     with caplog.at_level(logging.INFO, logger='mxnag'):
         run.train(net, args, Loader(loader), Loader(loader), [mx.cpu()],

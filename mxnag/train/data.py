@@ -161,8 +161,9 @@ def load(name='mnist', data_dir=None, download=True):
     return splits
 
 
-def parse_classes(spec):
-    """``'0-4'`` -> [0, 1, 2, 3, 4]; ``'3,8'`` -> [3, 8]; None or ``'all'`` -> None."""
+def parse_classes(spec, num_classes=10):
+    """``'0-4'`` -> [0, 1, 2, 3, 4]; ``'3,8'`` -> [3, 8]; None or ``'all'`` -> None; each
+    in 0..``num_classes``-1."""
     if spec is None or spec == 'all':
         return None
     classes = []
@@ -175,8 +176,9 @@ def parse_classes(spec):
                 classes.append(int(part))
     except ValueError:
         raise MxnagError("classes: %r is not like '0-4' or '3,8'" % spec, ('classes',)) from None
-    if not classes or any(c < 0 or c > 9 for c in classes) or len(set(classes)) != len(classes):
-        raise MxnagError('classes: %r must name distinct classes in 0-9' % spec, ('classes',))
+    if not classes or any(c < 0 or c >= num_classes for c in classes) or len(set(classes)) != len(classes):
+        raise MxnagError('classes: %r must name distinct classes in 0-%d' % (spec, num_classes - 1),
+                         ('classes',))
     return sorted(classes)
 
 
@@ -186,7 +188,7 @@ def subset(images, labels, classes=None, shots=None, seed=0):
     if classes is not None:
         keep = np.isin(labels, classes)
         images, labels = images[keep], labels[keep]
-        remap = np.full(10, -1, np.int32)
+        remap = np.full(max(int(labels.max(initial=0)), max(classes)) + 1, -1, np.int32)
         remap[classes] = np.arange(len(classes))
         labels = remap[labels]
     if shots is not None:
@@ -212,46 +214,4 @@ def normalize(images, name='mnist'):
     return (x - info.mean) / info.std
 
 
-class ArrayLoader:
-    """Batches of an in-memory data set as NDArrays, shuffled per epoch reproducibly: the
-    order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
-    batches. Faster than a DataLoader over an ArrayDataset (one fancy index per batch).
-
-    ``shard=(rank, num_shards)`` yields the rank-th of ``num_shards`` equal slices of every
-    global batch of ``batch_size`` (distributed workers: together they see exactly the
-    batches of one process); the last partial batch is then dropped.
-    """
-
-    def __init__(self, data, labels, batch_size, shuffle=True, seed=0, last_batch='keep',
-                 shard=(0, 1)):
-        if len(data) != len(labels):
-            raise MxnagError('ArrayLoader: %d examples but %d labels' % (len(data), len(labels)))
-        rank, num_shards = shard
-        if batch_size < 1 or batch_size % num_shards:
-            raise MxnagError('batch_size: must be a positive multiple of the number of '
-                             'workers (%d), got %r' % (num_shards, batch_size), ('batch_size',))
-        if num_shards > 1:
-            last_batch = 'discard'
-        self.data, self.labels = data, labels
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.last_batch, self.rank, self.num_shards = last_batch, rank, num_shards
-        self.epoch = 0
-
-    def __len__(self):
-        n = len(self.data)
-        return n // self.batch_size if self.last_batch == 'discard' else -(-n // self.batch_size)
-
-    def order(self, epoch):
-        n = len(self.data)
-        return np.random.RandomState([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-
-    def __iter__(self):
-        from mxnet import nd
-        order = self.order(self.epoch)
-        self.epoch += 1
-        part = self.batch_size // self.num_shards
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            if self.num_shards > 1:
-                idx = idx[self.rank * part:(self.rank + 1) * part]
-            yield nd.array(self.data[idx]), nd.array(self.labels[idx])
+from .images import ArrayLoader  # noqa: E402,F401  (where it was defined before)

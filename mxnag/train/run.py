@@ -11,10 +11,11 @@ import tempfile
 import time
 
 import mxnet as mx
+import numpy as np
 
 from .. import __version__
 from ..dist import worker
-from . import checkpoint, data, extras, loop, models, settings
+from . import checkpoint, data, extras, images, loop, models, settings, sources
 from ..errors import MxnagError, TrainingError, WriteError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -182,26 +183,102 @@ def prepare(args):
     workers = Workers(args.kvstore)
     if workers.chief:  # rank 0 alone writes
         check_outputs(args)
-    return (contexts, workers) + load_data(args, workers=workers)
+    pretrained = checkpoint.read_meta(args.pretrained) if getattr(args, 'pretrained', None) else None
+    return (contexts, workers) + load_data(args, workers=workers, pretrained=pretrained)
 
 
-def load_data(args, workers=None):
-    """``(train_loader, test_loader, num_classes)`` for the data options of ``args``;
-    with ``workers``, the training loader yields this worker's slice of each batch."""
-    classes = data.parse_classes(args.classes)
-    splits = data.load(args.dataset, args.data_dir)
-    train_x, train_y = data.subset(*splits['train'], classes=classes, shots=args.shots,
-                                   seed=args.seed)
-    test_x, test_y = data.subset(*splits['test'], classes=classes)
+def load_data(args, workers=None, pretrained=None):
+    """``(train_loader, test_loader, num_classes)`` for the data settings of ``args`` (the
+    source, its classes and shots, input size, transforms, normalisation); with
+    ``workers``, the training loader yields this worker's slice of each batch. The
+    loaders also carry ``input_shape``, ``mean``, ``std`` and ``class_names``.
+    ``pretrained``: the metadata of the checkpoint a run fine-tunes, whose input size and
+    normalisation are the defaults then."""
+    source = open_source(args)
+    classes = data.parse_classes(args.classes, source.num_classes)
+    train_split = select(source.train, classes, args.shots, args.seed)
+    test_split = select(source.test, classes, None, args.seed)
+    for split, what in ((train_split, 'training'), (test_split, 'test')):
+        if not len(split):
+            raise MxnagError('classes: %s has no %s examples of classes %s'
+                             % (source.spec, what, args.classes), ('classes',))
+    size = input_size(args, source, pretrained)
+    augment = args.augment if args.augment != 'auto' else \
+        images.default_augment(source.spec.split(':')[0], size)
+    mean, std = normalization(args, source, pretrained)
+    train_transform, test_transform = (images.Transform(size, augment, training, mean, std)
+                                       for training in (True, False))
     shard = (workers.rank, workers.num_workers) if workers else (0, 1)
     # the last partial batch is dropped (each epoch reshuffles, so every example is used):
     # a step on a handful of examples can throw an adaptive optimizer far off (seen here:
     # LeNet on digits 0-4 fell from 99.7% to 88.6% test accuracy on a final batch of 4)
-    train = data.ArrayLoader(data.normalize(train_x, args.dataset), train_y,
-                             min(args.batch_size, len(train_y)), seed=args.seed,
-                             last_batch='discard', shard=shard)
-    test = data.ArrayLoader(data.normalize(test_x, args.dataset), test_y, 1000, shuffle=False)
-    return train, test, len(classes) if classes else 10
+    batch_size = min(args.batch_size, len(train_split))
+    if source.in_memory and augment == 'none':  # standardised once, batched by fancy indexing
+        train = images.ArrayLoader(train_transform.standardise(_resized(train_split.images, size)),
+                                   train_split.labels, batch_size, seed=args.seed,
+                                   last_batch='discard', shard=shard)
+        test = images.ArrayLoader(test_transform.standardise(_resized(test_split.images, size)),
+                                  test_split.labels, 1000, shuffle=False)
+    else:
+        train = images.ImageLoader(train_split, train_transform, batch_size, seed=args.seed,
+                                   last_batch='discard', shard=shard, workers=args.workers)
+        test = images.ImageLoader(test_split, test_transform, 256, shuffle=False, seed=args.seed,
+                                  workers=args.workers)
+    names = [source.class_names[c] for c in classes] if classes else list(source.class_names)
+    for loader in (train, test):
+        loader.mean, loader.std, loader.class_names = list(mean), list(std), names
+    return train, test, len(names)
+
+
+def open_source(args):
+    """The ``sources.Source`` of ``args.data`` (or of ``args.dataset``, the MNIST family's
+    name), ``DataError`` naming what is wrong with it."""
+    if args.data and args.dataset != 'mnist':
+        raise MxnagError('data: give it or dataset, not both', ('data', 'dataset'))
+    return sources.parse(args.data or args.dataset, args.data_dir, args.val_fraction, args.seed)
+
+
+def select(split, classes, shots, seed):
+    """The examples of ``classes`` (relabelled from 0 in their order), ``shots`` of each."""
+    if classes is None and shots is None:
+        return split
+    keep, labels = data.subset(np.arange(len(split)), split.labels, classes, shots, seed)
+    chosen = split.subset(keep)
+    chosen.labels = labels
+    return chosen
+
+
+def input_size(args, source, pretrained=None):
+    """(height, width) of the network's input: ``args.input_size``, else the pretrained
+    model's, else the data's where all its images share one, else the model's kind's."""
+    if args.input_size:
+        return (args.input_size, args.input_size)
+    if pretrained and pretrained.get('input'):
+        return tuple(pretrained['input']['shape'][1:])
+    if source.size:
+        return tuple(source.size)
+    model = args.model or ''
+    return (32, 32) if model.startswith('cifar_') else (28, 28) if model in models.MXNAG_MODELS else (224, 224)
+
+
+def normalization(args, source, pretrained=None):
+    """(mean, std) per channel, 0-1 scale, as ``args.normalize`` says."""
+    choice = args.normalize
+    if choice == 'auto' and pretrained and pretrained.get('input'):
+        return tuple(pretrained['input']['mean']), tuple(pretrained['input']['std'])
+    if choice == 'imagenet':
+        if source.channels != 3:
+            raise MxnagError('normalize: imagenet needs 3-channel images, %s has %d'
+                             % (source.spec, source.channels), ('normalize',))
+        return sources.IMAGENET_MEAN, sources.IMAGENET_STD
+    return source.mean, source.std
+
+
+def _resized(array, size):
+    """uint8 NxHxWxC at (height, width) ``size`` (in-memory sources at another size)."""
+    if array.shape[1:3] == tuple(size):
+        return array
+    return np.stack([images._resize(image, size) for image in array])
 
 
 def train(net, args, train_loader, test_loader, contexts, config, log_name, workers=None):
@@ -216,7 +293,7 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
     scheduler = loop.make_lr_scheduler(args.lr_schedule, lr, len(train_loader), args.epochs,
                                          args.warmup_epochs, args.lr_step_epochs, args.lr_factor)
     optimizer = loop.make_optimizer(args.optimizer, lr, opt_args, scheduler)
-    net(mx.nd.zeros((1, 1, 28, 28), ctx=contexts[0]))  # completes deferred initialisation
+    net(mx.nd.zeros((1,) + tuple(train_loader.input_shape), ctx=contexts[0]))  # deferred initialisation
     # Per-parameter multipliers by index: a kvstore server gets the optimizer pickled,
     # without the Trainer's param_dict, and would ignore lr_mult/wd_mult otherwise.
     params = list(net.collect_params().values())
@@ -232,7 +309,7 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
         trainer._init_kvstore()
         worker.verify_server_optimizer(workers.kvstore)
     meta = {'model': args.model, 'num_classes': config['num_classes'], 'config': config,
-            'mxnag_version': __version__}
+            'mxnag_version': __version__, 'input': input_meta(train_loader)}
     start_epoch, history, resumed_from = 0, [], None
     if args.resume:
         prefix, saved, skipped = checkpoint.newest_good(args.checkpoint_dir)
@@ -270,6 +347,13 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
                            max_skips=args.max_skips)
         log.write(event='end', run=log_name, test_accuracy=history[-1]['test_accuracy'] if history else None)
     return history, trainer, resumed_from
+
+
+def input_meta(loader):
+    """What a checkpoint records of its input, for fine-tuning to feed it the same way:
+    shape (CxHxW), per-channel mean and std, class names."""
+    return {'shape': list(loader.input_shape), 'mean': list(getattr(loader, 'mean', ())),
+            'std': list(getattr(loader, 'std', ())), 'class_names': getattr(loader, 'class_names', None)}
 
 
 def summary(history, config, started):

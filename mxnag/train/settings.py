@@ -12,7 +12,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import data, loop
+from . import data, images, loop
 from ..errors import MxnagError
 
 BATCH = ('pretrain', 'finetune')  # the recipes that train in epochs
@@ -89,6 +89,29 @@ SETTINGS: Tuple[Setting, ...] = (
     # data
     Setting('dataset', 'mnist', 'data set (default %(default)s)', group='data',
             choices=tuple(sorted(data.DATASETS)), resume=True, recipes=RECIPES),
+    Setting('data', None, 'data source: mnist, fashion-mnist, cifar10:PATH, cifar100:PATH (the '
+            'python or binary version\'s files), folder:PATH (a sub-folder of images per class; '
+            'train/ and test/ inside, or split by --val-fraction) or rec:PREFIX (im2rec\'s '
+            'PREFIX.rec and .idx) (default: --dataset)', group='data', resume=True, recipes=BATCH,
+            metavar='SPEC'),
+    Setting('val_fraction', 0.1, 'of each class of a folder or record file with no test split: '
+            'the part kept for testing, chosen with --seed (default %(default)s)',
+            type=float, group='data', resume=True, recipes=BATCH),
+    Setting('input_size', None, 'images are resized to SIZExSIZE (default: the data\'s size where '
+            'all images share one, else 32 for GluonCV cifar_* models, 28 for mxnag\'s, 224 '
+            'for the rest; fine-tuning: the pretrained model\'s)', type=positive_int,
+            group='data', resume=True, recipes=BATCH, metavar='SIZE'),
+    Setting('augment', 'auto', 'training transforms as GluonCV makes them: none, crop-flip (pad '
+            'and crop, flip: CIFAR\'s), resized-crop-flip (ImageNet\'s) (default auto: none for '
+            'mnist and fashion-mnist, crop-flip up to 64x64, else resized-crop-flip)',
+            group='data', choices=('auto',) + images.AUGMENTS, resume=True, recipes=BATCH),
+    Setting('normalize', 'auto', "per-channel standardisation: 'data' (the training images' mean "
+            "and std), 'imagenet' (for ImageNet-pretrained models) (default auto: the pretrained "
+            "checkpoint's when fine-tuning, else the data's)", group='data',
+            choices=('auto', 'data', 'imagenet'), resume=True, recipes=BATCH),
+    Setting('workers', 0, 'processes decoding images for a folder or record source (gluon '
+            'DataLoader; default 0: in the training process)', type=nonnegative_int,
+            group='data', config=False, recipes=BATCH),
     Setting('data_dir', None, 'directory holding the four IDX files (.gz or raw); default: '
             '$MXNAG_DATA_DIR/<dataset>, ~/.mxnet/datasets/<dataset>, /usr/share/datasets/<dataset>, '
             'else download', group='data', config=False, recipes=RECIPES),

@@ -1,0 +1,499 @@
+"""Data sources: where a run's images come from, chosen by name like a model.
+
+``parse(spec)`` knows:
+
+* ``mnist``, ``fashion-mnist``: the IDX files (``mxnag.train.data``), in memory;
+* ``cifar10:PATH``, ``cifar100:PATH``: the files of CIFAR's python or binary version in
+  a local folder (``PATH`` itself or its ``cifar-10-batches-py``, ``cifar-10-batches-bin``,
+  ``cifar-100-python``, ``cifar-100-binary``), in memory; nothing is downloaded;
+* ``folder:PATH``: one sub-folder of images per class (JPEG, PNG, BMP), with ``train/`` and
+  ``test/`` inside or, when there are none, a seeded split of ``val_fraction`` of each
+  class for testing; class names are the folder names, sorted;
+* ``rec:PREFIX``: ``PREFIX.rec`` and ``PREFIX.idx`` as MXNet's ``im2rec`` writes them
+  (a label per record), split like a folder; or ``rec:DIR`` holding ``train.rec``/``.idx``
+  and ``test.rec``/``.idx`` (or ``val``). Class names from ``PREFIX.lst``'s paths where
+  that file is beside it, else the labels as numbers.
+
+A source tells the rest of the toolkit what is specific to it: its class names, its
+images' channels and size (``None`` where they vary), their per-channel mean and standard
+deviation (published, or measured on the training split) and the two splits, each a
+``Split`` of labels and a way to read image ``i`` as uint8 HxWxC. Reading is lazy for
+folders and record files (``read``), so a loader's worker processes decode in parallel.
+Everything that is wrong with the input raises ``DataError`` naming the file or folder.
+"""
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import data
+from .data import DataError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
+KINDS = ('mnist', 'fashion-mnist', 'cifar10', 'cifar100', 'folder', 'rec')
+# mean and standard deviation of ImageNet's images (0-1 scale), for models pretrained on it
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_STATS_SAMPLE = 1000  # images of a folder or record file whose pixels give its mean/std
+
+
+@dataclass
+class Split:
+    """One split of a source: labels (int32, 0..classes-1) and image ``i`` as uint8 HxWxC,
+    from ``images`` in memory or ``read(i)``; ``names[i]`` says where it came from."""
+    labels: np.ndarray
+    images: Optional[np.ndarray] = None
+    read: Optional[Callable[[int], np.ndarray]] = None
+    names: Optional[Sequence[str]] = None
+
+    def __len__(self):
+        return len(self.labels)
+
+    def image(self, i):
+        return self.images[i] if self.images is not None else self.read(int(i))
+
+    def where(self, i):
+        return self.names[i] if self.names is not None else 'image %d' % i
+
+    def subset(self, keep):
+        """The examples at indices ``keep`` (in memory: a copy of those images)."""
+        keep = np.asarray(keep)
+        if self.images is not None:
+            return Split(self.labels[keep], images=self.images[keep])
+        read, names = self.read, self.names
+        return Split(self.labels[keep], read=_Reindexed(read, keep),
+                     names=None if names is None else [names[i] for i in keep])
+
+
+class _Reindexed:
+    """``read`` of a subset (a class, not a closure: worker processes pickle it)."""
+
+    def __init__(self, read, keep):
+        self.read, self.keep = read, np.asarray(keep)
+
+    def __call__(self, i):
+        return self.read(int(self.keep[i]))
+
+
+@dataclass
+class Source:
+    spec: str
+    class_names: Tuple[str, ...]
+    channels: int
+    size: Optional[Tuple[int, int]]   # (height, width) when every image has it
+    mean: Tuple[float, ...]           # per channel, 0-1 scale
+    std: Tuple[float, ...]
+    train: Split
+    test: Split
+
+    @property
+    def in_memory(self):
+        return self.train.images is not None
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+def parse(spec, data_dir=None, val_fraction=0.1, seed=0):
+    """The ``Source`` named by ``spec`` (see the module doc); ``data_dir`` is where the
+    IDX sets are looked for. Raises ``DataError`` naming what is wrong."""
+    kind, sep, path = str(spec).partition(':')
+    if kind not in KINDS:
+        raise DataError('data: unknown source %r; use mnist, fashion-mnist, cifar10:PATH, '
+                        'cifar100:PATH, folder:PATH or rec:PREFIX' % spec)
+    if kind in ('mnist', 'fashion-mnist'):
+        if sep:
+            raise DataError('data: %s takes no path (give the folder with --data-dir)' % kind)
+        return _idx(kind, data_dir)
+    if not path:
+        raise DataError('data: %s needs a path: %s:PATH' % (kind, kind))
+    path = os.path.expanduser(path)
+    if kind.startswith('cifar'):
+        return _cifar(spec, kind, path)
+    if kind == 'folder':
+        return _folder(spec, path, val_fraction, seed)
+    return _records(spec, path, val_fraction, seed)
+
+
+def _idx(name, data_dir):
+    info = data.dataset_info(name)
+    splits = data.load(name, data_dir, download=False)
+    train, test = ({'images': x[..., None], 'labels': y} for x, y in (splits['train'], splits['test']))
+    return Source(name, tuple(info.class_names), 1, (28, 28), (info.mean,), (info.std,),
+                  Split(**train), Split(**test))
+
+
+# -- CIFAR ---------------------------------------------------------------------------------
+
+_CIFAR_FILES = {  # kind -> version -> (folder name, train files, test files, names file)
+    'cifar10': {'python': ('cifar-10-batches-py', ['data_batch_%d' % i for i in range(1, 6)],
+                           ['test_batch'], 'batches.meta'),
+                'binary': ('cifar-10-batches-bin', ['data_batch_%d.bin' % i for i in range(1, 6)],
+                           ['test_batch.bin'], 'batches.meta.txt')},
+    'cifar100': {'python': ('cifar-100-python', ['train'], ['test'], 'meta'),
+                 'binary': ('cifar-100-binary', ['train.bin'], ['test.bin'], 'fine_label_names.txt')},
+}
+
+
+def _cifar(spec, kind, path):
+    found = _find_cifar(kind, path)
+    if found is None:
+        other = 'cifar100' if kind == 'cifar10' else 'cifar10'
+        if _find_cifar(other, path) is not None:
+            raise DataError('%s: holds %s files, not %s (the data set is the wrong version; '
+                            'use --data %s:%s)' % (path, other.upper(), kind.upper(), other, path))
+        if not os.path.isdir(path):
+            raise DataError('%s: no such folder' % path)
+        raise DataError('%s: no %s files (the python version\'s %s or the binary version\'s %s, '
+                        'extracted)' % (path, kind.upper(), ', '.join(_CIFAR_FILES[kind]['python'][1][:1] +
+                                                                       [_CIFAR_FILES[kind]['python'][3]]),
+                                        _CIFAR_FILES[kind]['binary'][1][0]))
+    folder, version = found
+    _, train_files, test_files, names_file = _CIFAR_FILES[kind][version]
+    read = _cifar_python if version == 'python' else _cifar_binary
+    fine = kind == 'cifar100'
+    train = read([os.path.join(folder, f) for f in train_files], fine)
+    test = read([os.path.join(folder, f) for f in test_files], fine)
+    names = _cifar_names(os.path.join(folder, names_file), version, fine)
+    if len(names) != (100 if fine else 10):
+        raise DataError('%s: %d class names, %s has %d' % (os.path.join(folder, names_file), len(names),
+                                                          kind.upper(), 100 if fine else 10))
+    pixels = train[0].reshape(-1, 3) / 255.0
+    mean, std = tuple(pixels.mean(0)), tuple(pixels.std(0))
+    return Source(spec, names, 3, (32, 32), mean, std, Split(train[1], images=train[0]),
+                  Split(test[1], images=test[0]))
+
+
+def _find_cifar(kind, path):
+    """``(folder, 'python'|'binary')`` holding ``kind``'s files under ``path``, else None."""
+    for version, (folder, train_files, test_files, names_file) in _CIFAR_FILES[kind].items():
+        for candidate in (path, os.path.join(path, folder)):
+            if all(os.path.isfile(os.path.join(candidate, f)) for f in train_files + test_files + [names_file]):
+                return candidate, version
+    return None
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR's python files are pickles of dicts of lists and NumPy arrays: nothing else
+    is admitted (a pickle can ask to run anything)."""
+    ADMITTED = {('numpy.core.multiarray', '_reconstruct'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
+                ('numpy._core.multiarray', '_reconstruct')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ADMITTED:
+            raise pickle.UnpicklingError('it asks for %s.%s' % (module, name))
+        return super().find_class(module, name)
+
+
+def _load_cifar_pickle(path):
+    try:
+        with open(path, 'rb') as f:
+            return _CifarUnpickler(f, encoding='bytes').load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as err:
+        raise DataError('%s: not a CIFAR python file (%s)' % (path, err)) from None
+
+
+def _cifar_python(paths, fine):
+    images, labels = [], []
+    key = b'fine_labels' if fine else b'labels'
+    for path in paths:
+        batch = _load_cifar_pickle(path)
+        if not isinstance(batch, dict) or b'data' not in batch or key not in batch:
+            raise DataError('%s: not a %s python batch (no data/%s)'
+                            % (path, 'CIFAR-100' if fine else 'CIFAR-10', key.decode()))
+        pixels = np.asarray(batch[b'data'], np.uint8)
+        if pixels.ndim != 2 or pixels.shape[1] != 3072 or len(batch[key]) != len(pixels):
+            raise DataError('%s: %s pixels and %d labels, not N x 3072 and N'
+                            % (path, pixels.shape, len(batch[key])))
+        images.append(pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[key], np.int32))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _cifar_binary(paths, fine):
+    record = 3072 + (2 if fine else 1)
+    images, labels = [], []
+    for path in paths:
+        raw = np.fromfile(path, np.uint8)
+        if len(raw) == 0 or len(raw) % record:
+            raise DataError('%s: %d bytes, not a whole number of %d-byte %s records'
+                            % (path, len(raw), record, 'CIFAR-100' if fine else 'CIFAR-10'))
+        rows = raw.reshape(-1, record)
+        labels.append(rows[:, record - 3073].astype(np.int32))  # CIFAR-100: coarse, then fine
+        images.append(rows[:, record - 3072:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _cifar_names(path, version, fine):
+    if version == 'binary':
+        with open(path) as f:
+            return tuple(line.strip() for line in f if line.strip())
+    meta = _load_cifar_pickle(path)
+    key = b'fine_label_names' if fine else b'label_names'
+    if not isinstance(meta, dict) or key not in meta:
+        raise DataError('%s: no %s (not %s metadata)' % (path, key.decode(), 'CIFAR-100' if fine else 'CIFAR-10'))
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[key])
+
+
+# -- image folders -------------------------------------------------------------------------
+
+def decode(blob, where, channels=None):
+    """Encoded image bytes -> uint8 HxWxC (C = ``channels``, or 1 for a grey image and 3
+    otherwise); ``DataError`` naming ``where`` if they are not an image."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            grey = image.mode in ('1', 'L', 'I;16', 'I', 'LA') if channels is None else channels == 1
+            array = np.asarray(image.convert('L' if grey else 'RGB'))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError('%s: not an image this build can decode (%s)' % (where, err)) from None
+    return array[..., None] if array.ndim == 2 else array
+
+
+class _FileReader:
+    def __init__(self, paths, channels):
+        self.paths, self.channels = paths, channels
+
+    def __call__(self, i):
+        path = self.paths[i]
+        try:
+            with open(path, 'rb') as f:
+                blob = f.read()
+        except OSError as err:
+            raise DataError('%s: cannot read (%s)' % (path, err.strerror or err)) from None
+        return decode(blob, path, self.channels)
+
+
+def _class_folders(path):
+    """{class name: sorted image paths} of the sub-folders of ``path``."""
+    if not os.path.isdir(path):
+        raise DataError('%s: no such folder' % path)
+    classes = {}
+    for name in sorted(os.listdir(path)):
+        folder = os.path.join(path, name)
+        if not os.path.isdir(folder) or name.startswith('.'):
+            continue
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
+        if not files:
+            raise DataError('%s: a class folder with no images (%s)' % (folder, ', '.join(IMAGE_EXTENSIONS)))
+        classes[name] = files
+    if not classes:
+        raise DataError('%s: no class folders (one sub-folder of images per class)' % path)
+    return classes
+
+
+def _folder(spec, path, val_fraction, seed):
+    if not os.path.isdir(path):
+        raise DataError('%s: no such folder' % path)
+    has_split = os.path.isdir(os.path.join(path, 'train'))
+    train = _class_folders(os.path.join(path, 'train') if has_split else path)
+    names = tuple(train)
+    if has_split:
+        if not os.path.isdir(os.path.join(path, 'test')):
+            raise DataError('%s: has train/ but no test/ folder' % path)
+        test = _class_folders(os.path.join(path, 'test'))
+        unknown = sorted(set(test) - set(train))
+        if unknown:
+            raise DataError('%s: test classes that are not training classes: %s'
+                            % (os.path.join(path, 'test'), ', '.join(unknown)))
+        train_paths, train_labels = _flatten(train, names)
+        test_paths, test_labels = _flatten(test, names)
+    else:
+        paths, labels = _flatten(train, names)
+        train_idx, test_idx = _split(labels, val_fraction, seed, path)
+        train_paths, train_labels = [paths[i] for i in train_idx], labels[train_idx]
+        test_paths, test_labels = [paths[i] for i in test_idx], labels[test_idx]
+    channels = decode(_read_bytes(train_paths[0]), train_paths[0]).shape[2]
+    train_split = Split(train_labels, read=_FileReader(train_paths, channels), names=train_paths)
+    test_split = Split(test_labels, read=_FileReader(test_paths, channels), names=test_paths)
+    return _lazy_source(spec, names, channels, train_split, test_split, seed)
+
+
+def _read_bytes(path):
+    try:
+        with open(path, 'rb') as f:
+            return f.read()
+    except OSError as err:
+        raise DataError('%s: cannot read (%s)' % (path, err.strerror or err)) from None
+
+
+def _flatten(classes, names):
+    index = {name: k for k, name in enumerate(names)}
+    paths = [p for name in classes for p in classes[name]]
+    labels = np.array([index[name] for name in classes for _ in classes[name]], np.int32)
+    return paths, labels
+
+
+def _split(labels, val_fraction, seed, where):
+    """Indices of a seeded, per-class split: (train, test), ``val_fraction`` of each class
+    (at least one example) for testing."""
+    if not 0 < val_fraction < 1:
+        raise DataError('val_fraction: must be in (0, 1) to split %s, got %r' % (where, val_fraction))
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < 2:
+            raise DataError('%s: class %d has %d image; a train/test split needs 2 or more'
+                            % (where, c, len(members)))
+        n_test = max(1, int(round(val_fraction * len(members))))
+        test.extend(members[:n_test])
+        train.extend(members[n_test:])
+    return np.sort(train), np.sort(test)
+
+
+def _lazy_source(spec, names, channels, train, test, seed):
+    """A source read image by image: size when the sampled images share one, mean/std
+    measured on up to ``_STATS_SAMPLE`` training images (seeded)."""
+    rng = np.random.RandomState(seed)
+    sample = rng.choice(len(train), min(len(train), _STATS_SAMPLE), replace=False)
+    sums, squares, count, sizes = np.zeros(channels), np.zeros(channels), 0, set()
+    for i in sample:
+        image = train.image(i).astype(np.float64) / 255.0
+        sizes.add(image.shape[:2])
+        sums += image.sum((0, 1))
+        squares += (image ** 2).sum((0, 1))
+        count += image.shape[0] * image.shape[1]
+    mean = sums / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+    size = sizes.pop() if len(sizes) == 1 else None
+    return Source(spec, tuple(names), channels, size, tuple(mean), tuple(std), train, test)
+
+
+# -- RecordIO ------------------------------------------------------------------------------
+
+class _RecordReader:
+    """Image ``i`` of an indexed record file, opened once per process (worker processes
+    get their own handle: a shared one's position would be raced)."""
+
+    def __init__(self, prefix, keys, channels=None):
+        self.prefix, self.keys, self.channels = prefix, list(keys), channels
+        self._pid, self._file = None, None
+
+    def __getstate__(self):
+        return {'prefix': self.prefix, 'keys': self.keys, 'channels': self.channels,
+                '_pid': None, '_file': None}
+
+    def record(self, i):
+        import mxnet as mx
+        if self._pid != os.getpid():
+            self._file = mx.recordio.MXIndexedRecordIO(self.prefix + '.idx', self.prefix + '.rec', 'r')
+            self._pid = os.getpid()
+        try:
+            return mx.recordio.unpack(self._file.read_idx(self.keys[i]))
+        except Exception as err:  # noqa: BLE001 (MXNet's reader raises anything on a bad record)
+            raise DataError('%s.rec: record %s unreadable (%s)' % (self.prefix, self.keys[i], err)) from None
+
+    def __call__(self, i):
+        _, blob = self.record(i)
+        return decode(blob, '%s.rec record %s' % (self.prefix, self.keys[i]), self.channels)
+
+
+def _record_file(prefix):
+    """``(reader, labels)`` of ``prefix.rec``/``.idx``: every record's label read once."""
+    for ext in ('.rec', '.idx'):
+        if not os.path.isfile(prefix + ext):
+            other = '.idx' if ext == '.rec' else '.rec'
+            raise DataError('%s%s: missing (a record file is PREFIX.rec with its index PREFIX.idx, '
+                            'as im2rec writes them%s)' % (prefix, ext, '' if os.path.isfile(prefix + other)
+                                                          else '; neither is there'))
+    keys = []
+    with open(prefix + '.idx') as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split('\t')
+            if len(parts) != 2 or not parts[0].strip().isdigit():
+                raise DataError('%s.idx: line %d is not "key<TAB>offset"' % (prefix, n))
+            keys.append(int(parts[0]))
+    if not keys:
+        raise DataError('%s.idx: no records' % prefix)
+    reader = _RecordReader(prefix, keys)
+    labels = []
+    for i in range(len(keys)):
+        header, _ = reader.record(i)
+        label = np.ravel(header.label)[0] if np.size(header.label) else header.label
+        if float(label) != int(label) or label < 0:
+            raise DataError('%s.rec: record %d has label %r, not a class index' % (prefix, keys[i], label))
+        labels.append(int(label))
+    reader._pid, reader._file = None, None  # closed: each process opens its own
+    return reader, np.array(labels, np.int32)
+
+
+def _record_names(prefix, labels):
+    """Class names from ``prefix.lst`` (im2rec's list: index, label, path; a class's name
+    is the folder its images are in), else the labels."""
+    names = {}
+    if os.path.isfile(prefix + '.lst'):
+        with open(prefix + '.lst') as f:
+            for line in f:
+                parts = line.rstrip('\n').split('\t')
+                if len(parts) >= 3:
+                    folder = os.path.basename(os.path.dirname(parts[-1]))
+                    if folder:
+                        names[int(float(parts[1]))] = folder
+    count = int(labels.max()) + 1
+    return tuple(names.get(k, str(k)) for k in range(count))
+
+
+def _records(spec, path, val_fraction, seed):
+    if os.path.isdir(path):
+        test_name = next((n for n in ('test', 'val') if os.path.isfile(os.path.join(path, n + '.rec'))), 'test')
+        (train, train_labels), (test, test_labels) = (
+            _record_file(os.path.join(path, n)) for n in ('train', test_name))
+        names = _record_names(os.path.join(path, 'train'), np.concatenate([train_labels, test_labels]))
+        train_split, test_split = Split(train_labels, read=train), Split(test_labels, read=test)
+    else:
+        reader, labels = _record_file(path)
+        names = _record_names(path, labels)
+        train_idx, test_idx = _split(labels, val_fraction, seed, path + '.rec')
+        whole = Split(labels, read=reader)
+        train_split, test_split = whole.subset(train_idx), whole.subset(test_idx)
+    channels = train_split.image(0).shape[2]
+    for split in (train_split, test_split):
+        _set_channels(split.read, channels)
+    return _lazy_source(spec, names, channels, train_split, test_split, seed)
+
+
+def _set_channels(read, channels):
+    while isinstance(read, _Reindexed):
+        read = read.read
+    read.channels = channels
+
+
+# -- writing a source as a folder ----------------------------------------------------------
+
+def folder_name(class_name):
+    """A class name as a folder name ('T-shirt/top' -> 'T-shirt_top')."""
+    name = ''.join('_' if c in '/\\\0' else c for c in class_name).strip()
+    return name if name not in ('', '.', '..') else '_%s' % name
+
+
+def export_folder(source, out_dir, image_format='png', per_class=None):
+    """Write ``source``'s splits as ``out_dir/{train,test}/<class>/<n>.<format>``; returns
+    the number of images written per split. Each file is written whole or not at all
+    (under a dot name, which the folder source skips, then renamed)."""
+    from PIL import Image
+    names = [folder_name(n) for n in source.class_names]
+    if len(set(names)) != len(names):
+        raise DataError('%s: class names that make the same folder name: %s' % (source.spec, names))
+    counts = {}
+    for split_name, split in (('train', source.train), ('test', source.test)):
+        written = np.zeros(source.num_classes, int)
+        for i in range(len(split)):
+            label = int(split.labels[i])
+            if per_class is not None and written[label] >= per_class:
+                continue
+            image = split.image(i)
+            path = os.path.join(out_dir, split_name, names[label], '%05d.%s' % (written[label], image_format))
+            picture = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = os.path.join(os.path.dirname(path), '.' + os.path.basename(path))  # folders skip dot files
+            picture.save(tmp, format='JPEG' if image_format == 'jpg' else 'PNG',
+                         **({'quality': 95} if image_format == 'jpg' else {}))
+            os.replace(tmp, path)
+            written[label] += 1
+        counts[split_name] = int(written.sum())
+    return counts

@@ -1,0 +1,333 @@
+"""Data sources (mxnag.train.sources, images): image folders (PNG, JPEG), RecordIO files as
+im2rec writes them, CIFAR-10/100 files of the python and binary versions, all made here
+on small data; what each tells the toolkit; the transforms; bad input named; and the
+recipes end to end on each source, with decoding workers and an exact resume."""
+import io
+import json
+import os
+import pickle
+
+import mxnet as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+from mxnag.train import data, images, run, settings, sources
+from mxnag.train.data import DataError
+
+from conftest import run_recipe
+
+
+def pictures(rng, count, size=(12, 10), channels=3):
+    """uint8 images whose mean brightness says their class (learnable), and labels."""
+    labels = np.arange(count) % 3
+    base = (labels * 80 + 20)[:, None, None, None]
+    noise = rng.integers(0, 30, (count,) + size + (channels,))
+    return np.clip(base + noise, 0, 255).astype(np.uint8), labels.astype(np.int32)
+
+
+def write_image(path, image, image_format='PNG'):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(path, format=image_format)
+
+
+def image_folder(root, rng, split=True, channels=3, image_format='PNG', count=24):
+    names = ['cat', 'dog', 'fox']
+    ext = '.png' if image_format == 'PNG' else '.jpg'
+    for part in (['train', 'test'] if split else ['']):
+        x, y = pictures(rng, count, channels=channels)
+        for k, (image, label) in enumerate(zip(x, y)):
+            write_image(os.path.join(root, part, names[label], '%03d%s' % (k, ext)), image, image_format)
+    return root
+
+
+def record_file(prefix, rng, count=24, lst=True):
+    """PREFIX.rec/.idx (and PREFIX.lst) as MXNet's im2rec writes them: PNG-encoded images."""
+    x, y = pictures(rng, count)
+    writer = mx.recordio.MXIndexedRecordIO(prefix + '.idx', prefix + '.rec', 'w')
+    lines = []
+    for k, (image, label) in enumerate(zip(x, y)):
+        blob = io.BytesIO()
+        Image.fromarray(image).save(blob, format='PNG')
+        writer.write_idx(k, mx.recordio.pack(mx.recordio.IRHeader(0, float(label), k, 0), blob.getvalue()))
+        lines.append('%d\t%f\t%s/%03d.png' % (k, label, ['cat', 'dog', 'fox'][label], k))
+    writer.close()
+    if lst:
+        with open(prefix + '.lst', 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+    return x, y
+
+
+def cifar_files(root, rng, fine=False, version='python', per_file=6):
+    """CIFAR-10 (or -100 with ``fine``) files of the python or binary version, tiny."""
+    kind = 'cifar100' if fine else 'cifar10'
+    folder, train_files, test_files, names_file = sources._CIFAR_FILES[kind][version]
+    path = os.path.join(root, folder)
+    os.makedirs(path)
+    classes = 100 if fine else 10
+    written = {}
+    for name in train_files + test_files:
+        pixels = rng.integers(0, 256, (per_file, 3072)).astype(np.uint8)
+        labels = rng.permutation(np.arange(per_file) % 3)  # classes 0-2 in every file
+        written[name] = (pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
+        if version == 'python':
+            batch = {b'data': pixels, (b'fine_labels' if fine else b'labels'): list(map(int, labels)),
+                     b'batch_label': b'x'}
+            if fine:
+                batch[b'coarse_labels'] = [0] * per_file
+            with open(os.path.join(path, name), 'wb') as f:
+                pickle.dump(batch, f)
+        else:
+            head = np.stack([np.zeros(per_file, np.uint8), labels.astype(np.uint8)], 1) if fine \
+                else labels.astype(np.uint8)[:, None]
+            np.concatenate([head, pixels], 1).tofile(os.path.join(path, name))
+    names = ['class%d' % k for k in range(classes)]
+    if version == 'python':
+        with open(os.path.join(path, names_file), 'wb') as f:
+            pickle.dump({(b'fine_label_names' if fine else b'label_names'): [n.encode() for n in names]}, f)
+    else:
+        with open(os.path.join(path, names_file), 'w') as f:
+            f.write('\n'.join(names) + '\n')
+    return written, train_files, test_files, names
+
+
+# -- what each source tells ------------------------------------------------------------------
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_image_folder_with_train_and_test(tmp_path, rng, channels):
+    image_folder(str(tmp_path), rng, channels=channels)
+    source = sources.parse('folder:%s' % tmp_path)
+    assert source.class_names == ('cat', 'dog', 'fox') and source.channels == channels
+    assert source.size == (12, 10) and len(source.train) == len(source.test) == 24
+    assert list(source.train.labels[:3]) == [0, 0, 0] and not source.in_memory
+    image = source.train.image(0)
+    assert image.shape == (12, 10, channels) and image.dtype == np.uint8
+    stored = np.asarray(Image.open(source.train.names[0]))
+    np.testing.assert_array_equal(image[..., 0] if channels == 1 else image, stored)
+    pixels = np.stack([source.train.image(i) for i in range(24)]) / 255.0
+    np.testing.assert_allclose(source.mean, pixels.reshape(-1, channels).mean(0), rtol=1e-9)
+    np.testing.assert_allclose(source.std, pixels.reshape(-1, channels).std(0), rtol=1e-6)
+
+
+def test_image_folder_without_a_split_is_split_per_class_with_the_seed(tmp_path, rng):
+    image_folder(str(tmp_path), rng, split=False, count=30)
+    a = sources.parse('folder:%s' % tmp_path, val_fraction=0.2, seed=1)
+    b = sources.parse('folder:%s' % tmp_path, val_fraction=0.2, seed=1)
+    c = sources.parse('folder:%s' % tmp_path, val_fraction=0.2, seed=2)
+    assert len(a.train) == 24 and len(a.test) == 6
+    assert np.bincount(a.test.labels).tolist() == [2, 2, 2]
+    assert a.test.names == b.test.names and a.test.names != c.test.names
+    assert not set(a.test.names) & set(a.train.names)
+
+
+def test_jpeg_folder(tmp_path, rng):
+    image_folder(str(tmp_path), rng, image_format='JPEG')
+    source = sources.parse('folder:%s' % tmp_path)
+    x, _ = pictures(np.random.default_rng(0), 1)
+    assert source.train.image(5).shape == (12, 10, 3)
+    assert abs(float(source.train.image(0).mean()) - 20 - 15) < 10  # class 0 is dark
+
+
+@pytest.mark.parametrize('layout', ['prefix', 'folder'])
+def test_record_file(tmp_path, rng, layout):
+    if layout == 'prefix':
+        x, y = record_file(str(tmp_path / 'all'), rng, count=30)
+        source = sources.parse('rec:%s' % (tmp_path / 'all'), val_fraction=0.2)
+        assert len(source.train) == 24 and len(source.test) == 6
+        k = int(np.flatnonzero(source.train.labels == 2)[0])
+        assert source.train.labels[k] == 2
+    else:
+        x, y = record_file(str(tmp_path / 'train'), rng)
+        record_file(str(tmp_path / 'val'), rng, lst=False)
+        source = sources.parse('rec:%s' % tmp_path)
+        assert len(source.train) == 24 and len(source.test) == 24
+        np.testing.assert_array_equal(source.train.image(7), x[7])
+        np.testing.assert_array_equal(source.train.labels, y)
+    assert source.class_names == ('cat', 'dog', 'fox') and source.channels == 3
+
+
+@pytest.mark.parametrize('version', ['python', 'binary'])
+@pytest.mark.parametrize('fine', [False, True])
+def test_cifar_files(tmp_path, rng, version, fine):
+    written, train_files, test_files, names = cifar_files(str(tmp_path), rng, fine, version)
+    source = sources.parse('%s:%s' % ('cifar100' if fine else 'cifar10', tmp_path))
+    assert source.class_names == tuple(names) and source.channels == 3 and source.size == (32, 32)
+    assert source.in_memory and len(source.train) == 6 * len(train_files)
+    want_x = np.concatenate([written[f][0] for f in train_files])
+    np.testing.assert_array_equal(source.train.images, want_x)
+    np.testing.assert_array_equal(source.train.labels, np.concatenate([written[f][1] for f in train_files]))
+    np.testing.assert_array_equal(source.test.images, written[test_files[0]][0])
+    np.testing.assert_allclose(source.mean, (want_x.reshape(-1, 3) / 255.0).mean(0))
+
+
+def test_mnist_source_is_the_idx_path_bit_for_bit(mnist_dir):
+    source = sources.parse('mnist', mnist_dir)
+    assert source.class_names == tuple('0123456789') and source.in_memory and source.channels == 1
+    transform = images.Transform((28, 28), 'none', True, source.mean, source.std)
+    got = transform.standardise(source.train.images[:3000])
+    np.testing.assert_array_equal(got, data.normalize(source.train.images[:3000, ..., 0], 'mnist'))
+
+
+# -- transforms ---------------------------------------------------------------------------
+
+def test_transforms_shapes_and_seeding(rng):
+    image = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    for augment in images.AUGMENTS:
+        for train in (True, False):
+            t = images.Transform((32, 32), augment, train, (0.5,) * 3, (0.25,) * 3)
+            a = t(image, np.random.RandomState([1, 2, 3]))
+            b = t(image, np.random.RandomState([1, 2, 3]))
+            assert a.shape == (3, 32, 32) and a.dtype == np.float32
+            np.testing.assert_array_equal(a, b)  # the same random numbers, the same image
+    crop = images.Transform((40, 50), 'crop-flip', True, (0.0,) * 3, (1 / 255.0,) * 3)
+    outs = [crop(image, np.random.RandomState(k)) for k in range(20)]
+    assert any(not np.array_equal(outs[0], o) for o in outs[1:])
+    for out in outs:  # a shifted (maybe flipped) copy of the image, zeros where padded
+        assert set(np.unique(np.round(out))) <= set(np.unique(image)) | {0}
+    plain = images.Transform((40, 50), 'none', True, (0.0,) * 3, (1 / 255.0,) * 3)
+    np.testing.assert_allclose(plain(image), image.transpose(2, 0, 1), rtol=1e-6)
+
+
+def test_centre_crop_for_evaluation_of_imagenet_style_training():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, 90:110] = 255  # a bright bar in the middle
+    out = images.Transform((64, 64), 'resized-crop-flip', False, (0.0,) * 3, (1 / 255.0,) * 3)(image)
+    assert out.shape == (3, 64, 64) and out[:, :, 32].min() > 200 and out[:, :, 0].max() < 10
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+def test_bad_sources_are_named(tmp_path, rng):
+    def refused(spec, pattern, **kwargs):
+        with pytest.raises(DataError, match=pattern):
+            sources.parse(spec, **kwargs)
+    refused('imagenet', "unknown source 'imagenet'")
+    refused('folder:', 'folder needs a path')
+    refused('folder:%s' % (tmp_path / 'none'), 'none: no such folder')
+    (tmp_path / 'empty').mkdir()
+    refused('folder:%s' % (tmp_path / 'empty'), 'empty: no class folders')
+    image_folder(str(tmp_path / 'a'), rng)
+    (tmp_path / 'a' / 'train' / 'owl').mkdir()
+    refused('folder:%s' % (tmp_path / 'a'), 'train/owl: a class folder with no images')
+    image_folder(str(tmp_path / 'b'), rng)
+    os.rename(tmp_path / 'b' / 'test' / 'fox', tmp_path / 'b' / 'test' / 'wolf')
+    refused('folder:%s' % (tmp_path / 'b'), 'b/test: test classes that are not training classes: wolf')
+    record_file(str(tmp_path / 'r'), rng)
+    os.remove(tmp_path / 'r.idx')
+    refused('rec:%s' % (tmp_path / 'r'), r'r.idx: missing \(a record file is PREFIX.rec with its index')
+    cifar_files(str(tmp_path / 'c100'), rng, fine=True)
+    refused('cifar10:%s' % (tmp_path / 'c100'), 'holds CIFAR100 files, not CIFAR10')
+    refused('cifar10:%s' % (tmp_path / 'empty'), 'no CIFAR10 files')
+    refused('mnist:%s' % tmp_path, 'mnist takes no path')
+
+
+def test_a_crafted_cifar_pickle_runs_nothing(tmp_path, rng):
+    cifar_files(str(tmp_path), rng)
+    marker = tmp_path / 'ran'
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, ('touch %s' % marker,)
+    with open(tmp_path / 'cifar-10-batches-py' / 'data_batch_3', 'wb') as f:
+        pickle.dump({b'data': RunsCode()}, f)
+    with pytest.raises(DataError, match='data_batch_3: not a CIFAR python file'):
+        sources.parse('cifar10:%s' % tmp_path)
+    assert not marker.exists()
+
+
+def test_a_corrupt_image_is_named(tmp_path, rng):
+    """When the source measures its images (a sample of up to 1000 of them), and when a
+    loader reads one."""
+    image_folder(str(tmp_path), rng)
+    broken = tmp_path / 'train' / 'dog' / '001.png'
+    good = broken.read_bytes()
+    broken.write_bytes(b'not a png')
+    with pytest.raises(DataError, match='dog/001.png: not an image this build can decode'):
+        sources.parse('folder:%s' % tmp_path)
+    broken.write_bytes(good)
+    source = sources.parse('folder:%s' % tmp_path)
+    broken.write_bytes(b'not a png')
+    with pytest.raises(DataError, match='dog/001.png: not an image this build can decode'):
+        source.train.image(source.train.names.index(str(broken)))
+
+
+# -- the recipes on every source ----------------------------------------------------------
+
+recipe = run_recipe
+
+COMMON = ['--model', 'lenet', '--epochs', 2, '--batch-size', 12, '--no-progress']
+
+
+@pytest.mark.parametrize('kind', ['folder-png', 'folder-jpeg', 'rec', 'cifar10', 'cifar100-binary'])
+def test_pretrain_and_finetune_on_each_source(tmp_path, rng, kind):
+    if kind.startswith('folder'):
+        spec = 'folder:%s' % image_folder(str(tmp_path / 'd'), rng,
+                                          image_format='JPEG' if kind.endswith('jpeg') else 'PNG')
+    elif kind == 'rec':
+        record_file(str(tmp_path / 'all'), rng, count=36)
+        spec = 'rec:%s' % (tmp_path / 'all')
+    else:
+        cifar_files(str(tmp_path / 'd'), rng, fine=kind.startswith('cifar100'),
+                    version='binary' if kind.endswith('binary') else 'python')
+        spec = '%s:%s' % (kind.split('-')[0], tmp_path / 'd')
+    recipe('pretrain.py', '--data', spec, *COMMON, '--input-size', 16, '--out', tmp_path / 'p.json',
+           '--save', tmp_path / 'ck.params')
+    result = json.loads((tmp_path / 'p.json').read_text())
+    assert result['config']['data'] == spec and 0 <= result['test_accuracy'] <= 1
+    meta = json.loads((tmp_path / 'ck.json').read_text())
+    assert meta['input']['shape'] == [3, 16, 16] and len(meta['input']['mean']) == 3
+    assert result['class_names'] == meta['input']['class_names']
+    recipe('finetune.py', '--pretrained', tmp_path / 'ck.params', '--data', spec, '--classes', '0-1',
+           '--epochs', 1, '--batch-size', 6, '--no-progress', '--out', tmp_path / 'f.json')
+    tuned = json.loads((tmp_path / 'f.json').read_text())
+    assert tuned['config']['num_classes'] == 2 and tuned['class_names'] == result['class_names'][:2]
+
+
+def test_the_mnist_presets_and_data_mnist_are_one_run(tmp_path, mnist_dir):
+    args = ['--model', 'mlp', '--shots', 20, '--epochs', 1, '--batch-size', 50, '--data-dir', mnist_dir,
+            '--no-progress', '--save']
+    recipe('mnist_pretrain.py', *args, tmp_path / 'a.params')
+    recipe('pretrain.py', '--data', 'mnist', *args, tmp_path / 'b.params')
+    a, b = mx.nd.load(str(tmp_path / 'a.params')), mx.nd.load(str(tmp_path / 'b.params'))
+    assert all(np.array_equal(a[k].asnumpy(), b[k].asnumpy()) for k in a)
+
+
+def test_workers_and_resume_give_exactly_the_uninterrupted_weights(tmp_path, rng):
+    """Augmented images decoded by 2 worker processes, a run stopped after its first
+    epoch and resumed: the same weights as one process's uninterrupted run."""
+    spec = 'folder:%s' % image_folder(str(tmp_path / 'd'), rng, count=30)
+    args = ['--data', spec, '--model', 'lenet', '--batch-size', 10, '--no-progress', '--augment',
+            'crop-flip', '--input-size', 16]
+    recipe('pretrain.py', *args, '--epochs', 2, '--save', tmp_path / 'one.params')
+    recipe('pretrain.py', *args, '--epochs', 2, '--workers', 2, '--checkpoint-dir', tmp_path / 'ck',
+           '--target-accuracy', 1e-9)  # stops after epoch 1 (any accuracy reaches it)
+    assert sorted(os.listdir(tmp_path / 'ck'))[0].startswith('epoch-0001')
+    recipe('pretrain.py', *args, '--epochs', 2, '--workers', 2, '--checkpoint-dir', tmp_path / 'ck',
+           '--resume', '--save', tmp_path / 'two.params')
+    a, b = mx.nd.load(str(tmp_path / 'one.params')), mx.nd.load(str(tmp_path / 'two.params'))
+    assert all(np.array_equal(a[k].asnumpy(), b[k].asnumpy()) for k in a)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--data', 'folder:{tmp}/none'], 'none: no such folder'),
+    (['--data', 'folder:{tmp}/d', '--classes', '0-4'], "--classes: '0-4' must name distinct classes in 0-2"),
+    (['--data', 'folder:{tmp}/d', '--normalize', 'imagenet', '--input-size', '8'], None),
+    (['--data', 'mnist', '--dataset', 'fashion-mnist'], '--data: give it or --dataset, not both'),
+])
+def test_bad_data_options_exit_2_with_one_line(tmp_path, rng, args, message):
+    image_folder(str(tmp_path / 'd'), rng, channels=1)
+    args = [a.replace('{tmp}', str(tmp_path)) for a in args]
+    proc = recipe('pretrain.py', *args, '--model', 'mlp', '--epochs', 1, '--no-progress', check=False)
+    if message is None:  # imagenet normalisation of grey images
+        message = '--normalize: imagenet needs 3-channel images'
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def test_settings_of_the_sources_are_resume_keys():
+    for name in ('data', 'val_fraction', 'input_size', 'augment', 'normalize'):
+        assert settings.BY_NAME[name].resume
+    assert not settings.BY_NAME['workers'].config  # decoding processes change no result
+    args = settings.namespace('pretrain', data='folder:x', dataset='fashion-mnist')
+    with pytest.raises(Exception, match='give it or dataset, not both'):
+        run.open_source(args)
