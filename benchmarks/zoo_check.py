@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -121,8 +122,8 @@ class StepChecker:
     afterwards (reading arrays during the run would wait for the engine and change the
     order in which layouts change). Counts the groups each backend updates."""
 
-    def __init__(self, check=True):
-        self.check = check
+    def __init__(self, check=True, eager=False):
+        self.check, self.eager = check, eager
         self.calls = {'fused-cpu': 0, 'composed': 0}
         self.pending = []   # steps not compared yet
         self.settled = []   # (error, bound) of those compared
@@ -149,6 +150,8 @@ class StepChecker:
             real_composed(rule, copies[0], copies[1], copies[2], copies[3], shared, per_tensor,
                           copies[4], slots, flag, table)
             self.pending.append((before, after, (copies[0], copies[2])))
+            if self.eager:  # compared now, its copies let go (a VGG's would fill the memory)
+                self.settle()
 
         def composed_update(*args):
             self.calls['composed'] += 1
@@ -160,14 +163,12 @@ class StepChecker:
         fused_cpu.update, composed.update = self._saved
 
     def settle(self):
-        """Compare the steps checked so far and let their copies go (a VGG's would fill
-        the memory in three steps)."""
+        """Compare the steps checked so far and let their copies go."""
         pending, self.pending = self.pending, []
         for before, (weights, states), (want_weights, want_states) in pending:
             for k, start in enumerate(before):
-                start = start.asnumpy().astype(np.float64)
-                want = want_weights[k].asnumpy().astype(np.float64) - start
-                got = weights[k].asnumpy().astype(np.float64) - start
+                start = start.asnumpy()
+                got, want = _moved(weights[k].asnumpy(), start), _moved(want_weights[k].asnumpy(), start)
                 self.settled.append((_relative(got, want), displacement_bound(start, want)))
                 for state, want in zip(states[k], want_states[k]):
                     self.settled.append((_relative(state.asnumpy(), want.asnumpy()), STEP_BOUND))
@@ -183,13 +184,50 @@ def displacement_bound(start, displacement):
     ``STEP_BOUND`` plus what rounding ``w1`` to float32 costs each path (at most half an
     ulp, 2^-24 |w1|, each; doubled), relative to the displacement. A step of 1e-3 on
     weights near 1 loses ~1e-4 of it to that rounding alone."""
-    return STEP_BOUND + 2.0 ** -22 * np.linalg.norm(start + displacement) / \
-        max(np.linalg.norm(displacement), 1e-30)
+    return STEP_BOUND + 2.0 ** -22 * _norm(start, displacement) / max(_norm(displacement), 1e-30)
+
+
+# Norms in float64 a chunk at a time: a VGG's 100M-element weight in float64, several
+# times over, would not fit beside the model.
+_CHUNK = 1 << 20
+
+
+class _moved:
+    """``after - start`` (float64 where used), computed a chunk at a time."""
+
+    def __init__(self, after, start):
+        self.after, self.start = after.reshape(-1), start.reshape(-1)
+
+    def chunk(self, lo):
+        hi = lo + _CHUNK
+        return self.after[lo:hi].astype(np.float64) - self.start[lo:hi]
+
+    def __len__(self):
+        return len(self.after)
+
+
+def _chunks(array, lo):
+    if isinstance(array, _moved):
+        return array.chunk(lo)
+    return np.asarray(array).reshape(-1)[lo:lo + _CHUNK].astype(np.float64)
+
+
+def _norm(a, b=None):
+    """||a|| or ||a + b||, in float64."""
+    total = 0.0
+    for lo in range(0, len(a) if isinstance(a, _moved) else np.size(a), _CHUNK):
+        part = _chunks(a, lo) if b is None else _chunks(a, lo) + _chunks(b, lo)
+        total += float(np.dot(part, part))
+    return total ** 0.5
 
 
 def _relative(got, want):
-    want = np.asarray(want, np.float64)
-    return float(np.linalg.norm(np.asarray(got, np.float64) - want) / max(np.linalg.norm(want), 1e-30))
+    """||got - want|| / ||want||, in float64."""
+    diff = 0.0
+    for lo in range(0, len(want) if isinstance(want, _moved) else np.size(want), _CHUNK):
+        part = _chunks(got, lo) - _chunks(want, lo)
+        diff += float(np.dot(part, part))
+    return diff ** 0.5 / max(_norm(want), 1e-30)
 
 
 @contextlib.contextmanager
@@ -247,11 +285,14 @@ def train(net, optimizer, optimizer_args, shape, ctxs, steps, dtype='float32', k
     return [p.name for p in params], before, after
 
 
-def check_training(make_net, optimizer, shape, ctxs=None, steps=3, dtype='float32', **trainer):
+def check_training(make_net, optimizer, shape, ctxs=None, steps=3, dtype='float32', eager=False,
+                   **trainer):
     """Trains ``make_net()`` on the fused path with every step checked against the composed
-    step: a result dict (``problems`` empty when it passed)."""
+    step: a result dict (``problems`` empty when it passed). ``eager``: each group's step
+    compared as soon as it is made (the engine waits for it; for models whose copies
+    would not fit in memory), else before the next step."""
     ctxs = ctxs or [mx.cpu(0)]
-    with fused_path(True), StepChecker() as checker:
+    with fused_path(True), StepChecker(eager=eager) as checker:
         names, before, after = train(make_net(), optimizer, OPTIMIZER_ARGS[optimizer], shape,
                                      ctxs, steps, dtype=dtype, between_steps=checker.settle,
                                      **trainer)
@@ -298,7 +339,7 @@ def check_model(name, size, optimizers, steps):
     row['optimizers'] = {}
     for optimizer in optimizers:
         try:
-            result = check_training(lambda: make_model(name), optimizer, shape, steps=steps)
+            result = check_training(lambda: make_model(name), optimizer, shape, steps=steps, eager=True)
         except mx.base.MXNetError as err:
             result = {'problems': ['raised: %s' % _first_line(err)]}
             _drain()
@@ -314,6 +355,20 @@ def _first_line(err):
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return next((line for line in lines if 'Check failed' in line or 'MXNetError' in line),
                 lines[0] if lines else type(err).__name__)[:300]
+
+
+def check_in_a_process(name, size, optimizers, steps):
+    """``check_model`` in a process of its own (its memory returned to the system after
+    each model; a process that dies is a failed row, not a failed run)."""
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--row', name, str(size),
+                           '--optimizers', optimizers, '--steps', str(steps)],
+                          capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    return {'model': name, 'input': '3x%dx%d' % (size, size), 'batch': SIZES[size],
+            'status': 'FAIL (the check process ended with status %d: %s)'
+                      % (proc.returncode, (proc.stderr.strip().splitlines() or [''])[-1][:200])}
 
 
 def _drain():
@@ -349,6 +404,7 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--json', help='write the rows here')
     parser.add_argument('--markdown', help='write the table here')
+    parser.add_argument('--row', nargs=2, metavar=('MODEL', 'SIZE'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(',')]
     if args.models == 'all':
@@ -358,10 +414,13 @@ def main(argv=None):
         models = [(m, [s for s in sizes if s in GLUONCV_MODELS.get(m, sizes)])
                   for m in args.models.split(',')]
     optimizers = args.optimizers.split(',')
+    if args.row:
+        print(json.dumps(check_model(args.row[0], int(args.row[1]), optimizers, args.steps)))
+        return 0
     rows = []
     for name, model_sizes in models:
         for size in model_sizes:
-            row = check_model(name, size, optimizers, args.steps)
+            row = check_in_a_process(name, size, args.optimizers, args.steps)
             rows.append(row)
             print('%-22s %-10s %s' % (name, row['input'], row['status']), flush=True)
             if args.json:  # as it goes: the whole zoo takes a while

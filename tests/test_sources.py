@@ -331,3 +331,68 @@ def test_settings_of_the_sources_are_resume_keys():
     args = settings.namespace('pretrain', data='folder:x', dataset='fashion-mnist')
     with pytest.raises(Exception, match='give it or dataset, not both'):
         run.open_source(args)
+
+
+# -- a model-zoo parameter file as --pretrained -------------------------------------------
+
+def zoo_file(directory, name, classes, size):
+    """A parameter file as GluonCV's model zoo downloads it (NAME-HASH.params: the
+    network's save_parameters), with made-up weights."""
+    from mxnag.train import models
+    net = models.get_model(name, classes, hybridize=False)
+    mx.random.seed(3)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, size, size)))
+    path = os.path.join(directory, '%s-0123abcd.params' % name)
+    net.save_parameters(path)
+    return path
+
+
+def test_finetune_a_model_zoo_file_on_a_folder(tmp_path, rng):
+    """The README's example: a GluonCV model-zoo file copied from ~/.mxnet/models,
+    fine-tuned on a folder of images; its model, classes, input size and normalisation
+    come from the file; the features start from its weights."""
+    from mxnag.train import finetune
+    path = zoo_file(str(tmp_path), 'cifar_resnet20_v1', 10, 32)
+    meta = finetune.pretrained_meta(path)
+    assert (meta['model'], meta['num_classes'], meta['input']['shape']) == ('cifar_resnet20_v1', 10, [3, 32, 32])
+    assert meta['input']['mean'] == [0.4914, 0.4822, 0.4465]
+    net, _ = finetune.load_pretrained(path, [mx.cpu()])
+    saved = mx.nd.load(path)
+    some = sorted(saved)[0]
+    np.testing.assert_array_equal(_param(net, some).data().asnumpy(), saved[some].asnumpy())
+    spec = 'folder:%s' % image_folder(str(tmp_path / 'd'), rng)
+    recipe('finetune.py', '--pretrained', path, '--data', spec, '--classes', 'all', '--epochs', 1,
+           '--batch-size', 8, '--features', 'freeze', '--no-progress', '--out', tmp_path / 'f.json')
+    result = json.loads((tmp_path / 'f.json').read_text())
+    assert result['config']['num_classes'] == 3 and result['class_names'] == ['cat', 'dog', 'fox']
+
+
+def _param(net, structural_name):
+    """The parameter ``save_parameters`` calls ``structural_name`` ('features.0.weight')."""
+    block = net
+    *path, attr = structural_name.split('.')
+    for part in path:
+        block = block._children[part]
+    return block._reg_params[attr]
+
+
+def test_imagenet_zoo_file_defaults_and_bad_zoo_files(tmp_path):
+    from mxnag.errors import MxnagError
+    from mxnag.train import finetune
+    path = zoo_file(str(tmp_path), 'mobilenetv2_0.25', 1000, 64)
+    meta = finetune.pretrained_meta(path)
+    assert meta['num_classes'] == 1000 and meta['input']['shape'] == [3, 224, 224]
+    assert meta['input']['mean'] == list(sources.IMAGENET_MEAN)
+    unnamed = tmp_path / 'weights.params'
+    unnamed.write_bytes(open(path, 'rb').read())
+    with pytest.raises(MxnagError, match='nor named like a model-zoo file'):
+        finetune.pretrained_meta(str(unnamed))
+    assert finetune.pretrained_meta(str(unnamed), 'mobilenetv2_0.25')['num_classes'] == 1000
+    with pytest.raises(MxnagError, match='weights.params: parameters do not fit a resnet18_v1 model'):
+        finetune.load_pretrained(str(unnamed), [mx.cpu()], 'resnet18_v1')
+    with pytest.raises(MxnagError, match="no weights of the output layer 'fc' of a resnet50_v1b"):
+        finetune.pretrained_meta(str(unnamed), 'resnet50_v1b')
+    (tmp_path / 'junk-0123abcd.params').write_bytes(b'junk')
+    with pytest.raises(MxnagError, match='junk-0123abcd.params: not an MXNet parameter file'):
+        finetune.pretrained_meta(str(tmp_path / 'junk-0123abcd.params'), 'resnet18_v1')

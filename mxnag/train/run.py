@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..dist import worker
-from . import checkpoint, data, extras, images, loop, models, settings, sources
+from . import checkpoint, data, extras, finetune, images, loop, models, settings, sources
 from ..errors import MxnagError, TrainingError, WriteError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,8 @@ def prepare(args):
     workers = Workers(args.kvstore)
     if workers.chief:  # rank 0 alone writes
         check_outputs(args)
-    pretrained = checkpoint.read_meta(args.pretrained) if getattr(args, 'pretrained', None) else None
+    pretrained = finetune.pretrained_meta(args.pretrained, args.model) \
+        if getattr(args, 'pretrained', None) else None
     return (contexts, workers) + load_data(args, workers=workers, pretrained=pretrained)
 
 
