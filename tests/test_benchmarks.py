@@ -298,3 +298,20 @@ def test_loading_the_gpu_check_leaves_mxnets_registry_to_mxnag():
     _gpu_check().load_mxnag()
     for name in ('adanag', 'adan', 'nadamw'):
         assert mx.optimizer.Optimizer.opt_registry[name] is mxnag.optim.optimizers()[name]
+
+
+def test_bench_sources_runs_small(tmp_path, mnist_dir):
+    """benchmarks/bench_sources.py end to end on a small exported folder (no timing is
+    asserted): every case, its ratio to the in-memory source, the JSON."""
+    from mxnag.train import sources
+    sources.export_folder(sources.parse('mnist', mnist_dir), str(tmp_path / 'mnist'), per_class=20)
+    from importlib import util
+    spec = util.spec_from_file_location('bench_sources', os.path.join(ROOT, 'benchmarks', 'bench_sources.py'))
+    bench = util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'sources.json'
+    assert bench.main(['--data-dir', mnist_dir, '--folder', str(tmp_path / 'mnist'), '--batches', '1',
+                       '--rounds', '1', '--json', str(out)]) == 0
+    rows = json.loads(out.read_text())['rows']
+    assert [r['workers'] for r in rows] == [0, 0, 1, 2] and rows[0]['ratio_to_memory'] == 1.0
+    assert all(r['images_per_second'] > 0 for r in rows)

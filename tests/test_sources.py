@@ -236,14 +236,13 @@ def test_a_crafted_cifar_pickle_runs_nothing(tmp_path, rng):
 
 
 def test_a_corrupt_image_is_named(tmp_path, rng):
-    """When the source measures its images (a sample of up to 1000 of them), and when a
-    loader reads one."""
+    """When the source measures its images (a sample of up to 1000 of them: listed), and
+    when an image is read."""
     image_folder(str(tmp_path), rng)
     broken = tmp_path / 'train' / 'dog' / '001.png'
     good = broken.read_bytes()
     broken.write_bytes(b'not a png')
-    with pytest.raises(DataError, match='dog/001.png: not an image this build can decode'):
-        sources.parse('folder:%s' % tmp_path)
+    assert sources.parse('folder:%s' % tmp_path).unreadable == (str(broken),)
     broken.write_bytes(good)
     source = sources.parse('folder:%s' % tmp_path)
     broken.write_bytes(b'not a png')
@@ -396,3 +395,48 @@ def test_imagenet_zoo_file_defaults_and_bad_zoo_files(tmp_path):
     (tmp_path / 'junk-0123abcd.params').write_bytes(b'junk')
     with pytest.raises(MxnagError, match='junk-0123abcd.params: not an MXNet parameter file'):
         finetune.pretrained_meta(str(tmp_path / 'junk-0123abcd.params'), 'resnet18_v1')
+
+
+# -- images that do not decode ------------------------------------------------------------
+
+def test_unreadable_images_are_skipped_counted_and_named(tmp_path, rng):
+    """In a loader (with and without decoding workers): left out of their batch, each
+    counted once however often it is met, named in the log; one more than the limit
+    stops the run naming the file."""
+    from mxnag.errors import TrainingError
+    image_folder(str(tmp_path), rng)
+    source = sources.parse('folder:%s' % tmp_path)
+    for name in ('dog/001.png', 'fox/002.png'):
+        (tmp_path / 'train' / name).write_bytes(b'not a png')
+    transform = images.Transform((12, 10), 'crop-flip', True, source.mean, source.std)
+    for workers in (0, 2):
+        bad = images.BadImages(limit=2)
+        loader = images.ImageLoader(source.train, transform, 8, workers=workers, bad_images=bad)
+        for _ in range(2):
+            sizes = [len(y) for _, y in loader]
+            assert sum(sizes) == 22 and len(sizes) == 3
+        assert sorted(os.path.basename(os.path.dirname(w)) + '/' + os.path.basename(w)
+                      for w in bad.seen) == ['dog/001.png', 'fox/002.png']
+        loader = images.ImageLoader(source.train, transform, 8, workers=workers,
+                                    bad_images=images.BadImages(limit=1))
+        with pytest.raises(TrainingError, match=r'(dog/001|fox/002).png: not an image this build can '
+                                                r'decode .*2 images that do not decode, more than '
+                                                r'max_bad_images \(1\)'):
+            list(loader)
+
+
+def test_recipes_skip_or_stop_on_unreadable_images(tmp_path, rng):
+    root = image_folder(str(tmp_path / 'd'), rng)
+    (tmp_path / 'd' / 'train' / 'cat' / '003.png').write_bytes(b'junk')
+    args = ['--data', 'folder:%s' % root, '--model', 'mlp', '--epochs', 1, '--batch-size', 8, '--no-progress']
+    proc = recipe('pretrain.py', *args, check=False)  # found when measuring the data: bad input
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+    assert 'cat/003.png: does not decode' in proc.stderr and '--max-bad-images is 0' in proc.stderr
+    proc = recipe('pretrain.py', *args, '--max-bad-images', 1, '--out', tmp_path / 'r.json')
+    assert 'warning: skipping an image that does not decode: ' in proc.stderr and 'cat/003.png' in proc.stderr
+    assert json.loads((tmp_path / 'r.json').read_text())['epochs_run'] == 1
+    (tmp_path / 'd' / 'test' / 'dog' / '004.png').write_bytes(b'junk')  # met while evaluating
+    proc = recipe('pretrain.py', *args, '--max-bad-images', 1, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert 'pretrain.py: stopped: ' in proc.stderr and 'dog/004.png: not an image' in proc.stderr
+    assert 'more than --max-bad-images (1)' in proc.stderr

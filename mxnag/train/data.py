@@ -214,4 +214,9 @@ def normalize(images, name='mnist'):
     return (x - info.mean) / info.std
 
 
-from .images import ArrayLoader  # noqa: E402,F401  (where it was defined before)
+def __getattr__(name):
+    """``data.ArrayLoader``, where it was defined before ``mxnag.train.images``."""
+    if name == 'ArrayLoader':
+        from .images import ArrayLoader
+        return ArrayLoader
+    raise AttributeError('module %r has no attribute %r' % (__name__, name))

@@ -16,9 +16,14 @@ or ImageNet's for a model pretrained on it). The random numbers of image ``i`` i
 ``e`` come from ``RandomState([seed, e, i])``: the same whichever worker decodes it and
 whenever, so a resumed run sees exactly the batches of an uninterrupted one.
 """
+import logging
+
 import numpy as np
 
-from ..errors import MxnagError
+from ..errors import MxnagError, TrainingError
+from . import data  # (data imports this module's ArrayLoader at its end)
+
+logger = logging.getLogger(__name__)
 
 AUGMENTS = ('none', 'crop-flip', 'resized-crop-flip')
 
@@ -144,9 +149,35 @@ class Batches:
             yield idx
 
 
+class BadImages:
+    """The images a run could not decode, each counted once (a file seen again in the
+    next epoch is the same file); more than ``limit`` stop the run."""
+
+    def __init__(self, limit=0):
+        self.limit, self.seen = limit, {}
+
+    def add(self, where, reason):
+        if where in self.seen:
+            return
+        self.seen[where] = reason
+        logger.warning('skipping an image that does not decode: %s', reason)
+        if len(self.seen) > self.limit:
+            raise TrainingError('%s; %d image%s that do not decode, more than max_bad_images (%d)'
+                                % (reason, len(self.seen), '' if len(self.seen) == 1 else 's',
+                                   self.limit), ('max_bad_images',))
+
+
+class _Unreadable:
+    """What a DataLoader gets in place of an image that does not decode."""
+
+    def __init__(self, where, reason):
+        self.where, self.reason = where, reason
+
+
 class _Examples:
     """A split's examples as a DataLoader reads them: key ``(epoch, i)`` -> (transformed
-    image ``i``, its label), image ``i``'s random numbers from ``(seed, epoch, i)``."""
+    image ``i``, its label), image ``i``'s random numbers from ``(seed, epoch, i)``; an
+    image that does not decode -> ``_Unreadable``."""
 
     def __init__(self, split, transform, seed):
         self.split, self.transform, self.seed = split, transform, seed
@@ -157,7 +188,28 @@ class _Examples:
     def __getitem__(self, key):
         epoch, i = key
         rng = np.random.RandomState([self.seed, epoch, int(i)]) if self.transform.random else None
-        return self.transform(self.split.image(i), rng), np.float32(self.split.labels[i])
+        try:
+            image = self.split.image(i)
+        except data.DataError as err:
+            return _Unreadable(self.split.where(i), str(err))
+        return self.transform(image, rng), np.float32(self.split.labels[i])
+
+
+class _Batchify:
+    """A batch of the examples that decoded (in shared memory when made by a worker
+    process), and the ``(where, why)`` of those that did not."""
+
+    def __init__(self, shared):
+        self.shared = shared
+
+    def __call__(self, items):
+        from mxnet.gluon.data.dataloader import default_batchify_fn, default_mp_batchify_fn
+        good = [item for item in items if not isinstance(item, _Unreadable)]
+        bad = [(item.where, item.reason) for item in items if isinstance(item, _Unreadable)]
+        if not good:
+            return None, None, bad
+        x, y = (default_mp_batchify_fn if self.shared else default_batchify_fn)(good)
+        return x, y, bad
 
 
 class _KeyedSampler:
@@ -180,20 +232,27 @@ class ImageLoader(Batches):
     says, and each image's augmentation as the module doc says."""
 
     def __init__(self, split, transform, batch_size, shuffle=True, seed=0, last_batch='keep',
-                 shard=(0, 1), workers=0):
+                 shard=(0, 1), workers=0, bad_images=None):
         super().__init__(len(split), batch_size, shuffle, seed, last_batch, shard)
         from mxnet import gluon
         self.split, self.transform = split, transform
+        self.bad_images = bad_images if bad_images is not None else BadImages()
         self.input_shape = (transform.mean.shape[0],) + tuple(transform.size)
         self._sampler = _KeyedSampler(self)
         self._loader = gluon.data.DataLoader(_Examples(split, transform, seed),
-                                             batch_sampler=self._sampler, num_workers=workers)
+                                             batch_sampler=self._sampler, num_workers=workers,
+                                             batchify_fn=_Batchify(shared=workers > 0))
 
     def __iter__(self):
+        """The batches of the next epoch; an image that does not decode is left out of
+        its batch and counted (``bad_images``)."""
         self._sampler.epoch = self.epoch
         self.epoch += 1
-        for x, y in self._loader:
-            yield x, y
+        for x, y, bad in self._loader:
+            for where, reason in bad:
+                self.bad_images.add(where, reason)
+            if x is not None:
+                yield x, y
 
 
 class ArrayLoader(Batches):

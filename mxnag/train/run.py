@@ -210,6 +210,13 @@ def load_data(args, workers=None, pretrained=None):
     train_transform, test_transform = (images.Transform(size, augment, training, mean, std)
                                        for training in (True, False))
     shard = (workers.rank, workers.num_workers) if workers else (0, 1)
+    bad_images = images.BadImages(args.max_bad_images)
+    if len(source.unreadable) > args.max_bad_images:
+        raise MxnagError('%s: does not decode (%d of the images measured do not; max_bad_images is %d)'
+                         % (source.unreadable[0], len(source.unreadable), args.max_bad_images),
+                         ('max_bad_images',))
+    for where in source.unreadable:
+        bad_images.add(where, '%s: does not decode' % where)
     # the last partial batch is dropped (each epoch reshuffles, so every example is used):
     # a step on a handful of examples can throw an adaptive optimizer far off (seen here:
     # LeNet on digits 0-4 fell from 99.7% to 88.6% test accuracy on a final batch of 4)
@@ -222,9 +229,10 @@ def load_data(args, workers=None, pretrained=None):
                                   test_split.labels, 1000, shuffle=False)
     else:
         train = images.ImageLoader(train_split, train_transform, batch_size, seed=args.seed,
-                                   last_batch='discard', shard=shard, workers=args.workers)
+                                   last_batch='discard', shard=shard, workers=args.workers,
+                                   bad_images=bad_images)
         test = images.ImageLoader(test_split, test_transform, 256, shuffle=False, seed=args.seed,
-                                  workers=args.workers)
+                                  workers=args.workers, bad_images=bad_images)
     names = [source.class_names[c] for c in classes] if classes else list(source.class_names)
     for loader in (train, test):
         loader.mean, loader.std, loader.class_names = list(mean), list(std), names

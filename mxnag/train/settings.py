@@ -112,6 +112,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('workers', 0, 'processes decoding images for a folder or record source (gluon '
             'DataLoader; default 0: in the training process)', type=nonnegative_int,
             group='data', config=False, recipes=BATCH),
+    Setting('max_bad_images', 0, 'images of a folder or record source that do not decode and are '
+            'skipped, each named in the log; one more stops the run (default 0: the first stops '
+            'it, naming the file)', type=nonnegative_int, group='data', config=False,
+            recipes=BATCH),
     Setting('data_dir', None, 'directory holding the four IDX files (.gz or raw); default: '
             '$MXNAG_DATA_DIR/<dataset>, ~/.mxnet/datasets/<dataset>, /usr/share/datasets/<dataset>, '
             'else download', group='data', config=False, recipes=RECIPES),

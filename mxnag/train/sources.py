@@ -87,6 +87,7 @@ class Source:
     std: Tuple[float, ...]
     train: Split
     test: Split
+    unreadable: Tuple[str, ...] = ()  # images found undecodable while measuring the source
 
     @property
     def in_memory(self):
@@ -307,10 +308,21 @@ def _folder(spec, path, val_fraction, seed):
         train_idx, test_idx = _split(labels, val_fraction, seed, path)
         train_paths, train_labels = [paths[i] for i in train_idx], labels[train_idx]
         test_paths, test_labels = [paths[i] for i in test_idx], labels[test_idx]
-    channels = decode(_read_bytes(train_paths[0]), train_paths[0]).shape[2]
+    channels = _first_channels(train_paths)
     train_split = Split(train_labels, read=_FileReader(train_paths, channels), names=train_paths)
     test_split = Split(test_labels, read=_FileReader(test_paths, channels), names=test_paths)
     return _lazy_source(spec, names, channels, train_split, test_split, seed)
+
+
+def _first_channels(paths):
+    """The channels of the first image of ``paths`` that decodes (1 grey, 3 colour)."""
+    for path in paths:
+        try:
+            return decode(_read_bytes(path), path).shape[2]
+        except DataError:
+            continue
+    raise DataError('%s: none of its %d images decodes' % (os.path.dirname(os.path.dirname(paths[0])),
+                                                          len(paths)))
 
 
 def _read_bytes(path):
@@ -348,20 +360,29 @@ def _split(labels, val_fraction, seed, where):
 
 def _lazy_source(spec, names, channels, train, test, seed):
     """A source read image by image: size when the sampled images share one, mean/std
-    measured on up to ``_STATS_SAMPLE`` training images (seeded)."""
+    measured on up to ``_STATS_SAMPLE`` training images (seeded); those that do not
+    decode are listed in ``unreadable``."""
     rng = np.random.RandomState(seed)
     sample = rng.choice(len(train), min(len(train), _STATS_SAMPLE), replace=False)
-    sums, squares, count, sizes = np.zeros(channels), np.zeros(channels), 0, set()
+    sums, squares, count, sizes, unreadable = np.zeros(channels), np.zeros(channels), 0, set(), []
     for i in sample:
-        image = train.image(i).astype(np.float64) / 255.0
+        try:
+            image = train.image(i).astype(np.float64) / 255.0
+        except DataError:
+            unreadable.append(train.where(i))
+            continue
         sizes.add(image.shape[:2])
         sums += image.sum((0, 1))
         squares += (image ** 2).sum((0, 1))
         count += image.shape[0] * image.shape[1]
+    if not count:
+        raise DataError('%s: none of the %d images measured decodes (%s, ...)'
+                        % (spec, len(sample), unreadable[0]))
     mean = sums / count
     std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
     size = sizes.pop() if len(sizes) == 1 else None
-    return Source(spec, tuple(names), channels, size, tuple(mean), tuple(std), train, test)
+    return Source(spec, tuple(names), channels, size, tuple(mean), tuple(std), train, test,
+                  tuple(unreadable))
 
 
 # -- RecordIO ------------------------------------------------------------------------------
@@ -451,10 +472,19 @@ def _records(spec, path, val_fraction, seed):
         train_idx, test_idx = _split(labels, val_fraction, seed, path + '.rec')
         whole = Split(labels, read=reader)
         train_split, test_split = whole.subset(train_idx), whole.subset(test_idx)
-    channels = train_split.image(0).shape[2]
+    channels = _first_record_channels(train_split)
     for split in (train_split, test_split):
         _set_channels(split.read, channels)
     return _lazy_source(spec, names, channels, train_split, test_split, seed)
+
+
+def _first_record_channels(split):
+    for i in range(len(split)):
+        try:
+            return split.image(i).shape[2]
+        except DataError:
+            continue
+    raise DataError('%s: none of its %d records decodes' % (split.where(0), len(split)))
 
 
 def _set_channels(read, channels):
