@@ -151,5 +151,5 @@ def test_the_toolkit_logs_and_the_command_line_shows_it(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger='mxnag'):
         run.train(net, args, Loader(loader), Loader(loader), [mx.cpu()],
                   settings.config_of(args, num_classes=10), 'test')
-    assert [(r.name, r.levelname) for r in caplog.records] == [('mxnag.train.run', 'WARNING')]
+    assert [(r.name, r.levelname) for r in caplog.records] == [('mxnag.train.checkpoint', 'WARNING')]
     assert 'epoch-0001.params: checksum mismatch' in caplog.records[0].getMessage()

@@ -251,3 +251,23 @@ def test_compare_needs_the_mnist_source(tmp_path):
                           input='')
     assert proc.returncode == 2 and 'compare: runs the same stream several times' in proc.stderr
     assert '--source' in proc.stderr.splitlines()[-1]
+
+
+def test_resume_refuses_a_stream_checkpoint_of_another_version_or_settings(tmp_path, mnist_lines):
+    """The stream resumes through the batch recipes' one resume: a checkpoint written by
+    another mxnag version, or made with other settings, is refused with one line."""
+    done = subprocess.run(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'c'),
+                          input=''.join(mnist_lines[:40]), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    other = subprocess.run(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'c', '--resume',
+                                       '--arrival-batch', 4),
+                           input=''.join(mnist_lines[:40]), capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and 'made with other settings (arrival_batch: 8, now 4)' in other.stderr
+    meta_path = next(p for p in (tmp_path / 'c').iterdir() if p.suffix == '.json')
+    meta = json.loads(meta_path.read_text())
+    meta['mxnag_version'] = '0.0.1'
+    meta_path.write_text(json.dumps(meta))
+    proc = subprocess.run(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'c', '--resume'),
+                          input=''.join(mnist_lines[:40]), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
+    assert 'was written by mxnag 0.0.1' in proc.stderr

@@ -10,12 +10,15 @@ checkpoint or none of it, and a truncated or altered file is detected by its che
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 
 from .. import states as state_files
 from ..errors import MxnagError, WriteError
 from ..files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 # What a failed write raises: the OS, or MXNet's own file streams (a full disk during
 # save_parameters is "FileStream.Write incomplete")
@@ -144,6 +147,30 @@ def newest_good(directory, need_states=True):
         except MxnagError as err:
             skipped.append((prefix, str(err)))
     return None, None, skipped
+
+
+def newest_to_resume(directory, config, keys):
+    """``(prefix, meta)`` of the newest checkpoint in ``directory`` that verifies and that
+    a run of ``config`` can go on from (``(None, None)`` if none verifies); skipped
+    damaged ones are logged. Raises MxnagError (naming the setting ``resume``) if it was
+    written by another mxnag version or made with other values of ``keys`` (the
+    settings' resume keys): the one resume of the batch recipes and the stream."""
+    from .. import __version__
+    prefix, meta, skipped = newest_good(directory)
+    for bad, reason in skipped:
+        logger.warning('skipping checkpoint %s: %s', bad, reason)
+    if prefix is None:
+        return None, None
+    if meta.get('mxnag_version') != __version__:
+        raise MxnagError('resume: %s was written by mxnag %s; this is mxnag %s'
+                         % (prefix + '.json', meta.get('mxnag_version'), __version__), ('resume',))
+    saved = meta.get('config', {})
+    differing = [k for k in keys if saved.get(k) != config.get(k)]
+    if differing:
+        raise MxnagError('resume: %s was made with other settings (%s: %r, now %r)'
+                         % (prefix + '.json', differing[0], saved.get(differing[0]),
+                            config.get(differing[0])), ('resume',))
+    return prefix, meta
 
 
 def prune(directory, keep):

@@ -321,19 +321,8 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
             'mxnag_version': __version__, 'input': input_meta(train_loader)}
     start_epoch, history, resumed_from = 0, [], None
     if args.resume:
-        prefix, saved, skipped = checkpoint.newest_good(args.checkpoint_dir)
-        for bad, reason in skipped:
-            logger.warning('skipping checkpoint %s: %s', bad, reason)
+        prefix, saved = checkpoint.newest_to_resume(args.checkpoint_dir, config, settings.RESUME_KEYS)
         if prefix is not None:
-            if saved.get('mxnag_version') != __version__:
-                raise MxnagError('resume: %s was written by mxnag %s; this is mxnag %s'
-                                 % (prefix + '.json', saved.get('mxnag_version'), __version__),
-                                 ('resume',))
-            differing = [k for k in settings.RESUME_KEYS if saved['config'].get(k) != config.get(k)]
-            if differing:
-                raise MxnagError('resume: %s was made with other settings (%s: %r, now %r)'
-                                 % (prefix + '.json', differing[0], saved['config'].get(differing[0]),
-                                    config.get(differing[0])), ('resume',))
             net.load_parameters(prefix + '.params', ctx=contexts)
             if not dist:
                 checkpoint.load_trainer_states(trainer, prefix + '.states', args.optimizer)

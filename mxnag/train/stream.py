@@ -23,6 +23,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
+from .. import __version__
 from . import checkpoint, data, extras, finetune, loop, models, online, settings
 from ..errors import MxnagError
 
@@ -146,17 +147,11 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
     metrics_log = loop.MetricsLog(args.log, None if quiet else args.tensorboard)
     last_checkpoint = time.time()
     if args.resume:
-        prefix, meta, skipped = checkpoint.newest_good(args.checkpoint_dir)
-        for bad, reason in skipped:
-            log.warning('skipping %s: %s', bad, reason)
+        prefix, meta = checkpoint.newest_to_resume(args.checkpoint_dir, stream.config,
+                                                   settings.RESUME_KEYS)
         if prefix is None:
             raise MxnagError('resume: no good checkpoint in %s' % args.checkpoint_dir,
                              ('resume', 'checkpoint_dir'))
-        for key in settings.RESUME_KEYS:
-            if meta['config'].get(key) != stream.config.get(key):
-                raise MxnagError('resume: %s was made with %s %r, this run has %r'
-                                 % (prefix + '.json', key, meta['config'].get(key),
-                                    stream.config.get(key)), ('resume',))
         meta = learner.restore(prefix, stream.optimizer)
         stream.position, stream.rejected = meta['position'], meta['rejected']
         stream.old_before = meta['old_classes_test_accuracy_before']
@@ -166,6 +161,7 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
     def save():
         prefix = checkpoint.epoch_prefix(args.checkpoint_dir, learner.updates)
         learner.save(prefix, {'config': stream.config, 'position': stream.position,
+                              'mxnag_version': __version__,
                               'rejected': stream.rejected, 'model': args.model,
                               'num_classes': len(stream.classes), 'epoch': learner.updates,
                               'old_classes_test_accuracy_before': stream.old_before})
