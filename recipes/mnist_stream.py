@@ -8,11 +8,15 @@ learns from it, with replayed examples so that it keeps the classes it knew.
     python recipes/mnist_stream.py --pretrained ck.params --compare adanag,adan,nadamw,sgd,adam \\
         --data-dir ../shared/data/mnist --out-dir results/
 
---source mnist streams the training images of --classes once, in a seeded order, in
-arrival batches of --arrival-batch; --source stdin reads one JSON object a line,
-{"pixels": [784 integers 0-255, row-major], "label": <digit>}, writes one JSON line a
-prediction (made before learning the example) to stdout, rejects bad lines (logged,
-counted, never learned) and ends at the end of input. Each update mixes in as many
+--source mnist streams the training images of --classes of --data (any data source, as
+recipes/pretrain.py takes it; default --dataset) once, in a seeded order, in arrival
+batches of --arrival-batch; --source folder:PATH (or any source's spec) streams that
+source's images so; --source stdin reads one JSON object a line, {"label": <class name
+or number>, and "pixels": [784 integers 0-255, row-major] or "image": "path/to/file.jpg"
+or "png_base64": "..."}, writes one JSON line a prediction (made before learning the
+example) to stdout, rejects bad lines (logged, counted, never learned) and ends at the
+end of input. Classes are known by name: the model's outputs are the checkpoint's
+classes, then the stream's new ones. Each update mixes in as many
 examples drawn from a replay memory: --replay training images of the checkpoint's
 classes and a reservoir of --reservoir examples of the stream. With --checkpoint-dir a
 checkpoint every --checkpoint-every updates or --checkpoint-seconds, from which --resume
@@ -37,8 +41,8 @@ def main(argv=None):
     if args.compare:
         if not args.out_dir:
             raise MxnagError('compare: needs out_dir', ('compare', 'out_dir'))
-        if args.source != 'mnist':
-            raise MxnagError('compare: runs the same stream several times: source mnist only',
+        if args.source == 'stdin':
+            raise MxnagError('compare: runs the same stream several times: source cannot be stdin',
                              ('compare', 'source'))
         extras.require('matplotlib', 'the comparison plot')
         run.check_outputs(args)

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -15,7 +17,7 @@ from PIL import Image
 from mxnag.train import data, images, run, settings, sources
 from mxnag.train.data import DataError
 
-from conftest import run_recipe
+from conftest import ROOT, run_recipe
 
 
 def pictures(rng, count, size=(12, 10), channels=3):
@@ -440,3 +442,49 @@ def test_recipes_skip_or_stop_on_unreadable_images(tmp_path, rng):
     assert proc.returncode == 1, proc.stderr
     assert 'pretrain.py: stopped: ' in proc.stderr and 'dog/004.png: not an image' in proc.stderr
     assert 'more than --max-bad-images (1)' in proc.stderr
+
+
+# -- the stream on any source ------------------------------------------------------------
+
+def test_stream_learns_a_folder_after_pretraining_on_some_of_its_classes(tmp_path, rng):
+    """pretrain.py on cat and dog, then mnist_stream.py --source folder:... bringing fox:
+    the model's classes are names (the checkpoint's, then the stream's new one), kept
+    images of cat and dog are replayed, and the results speak of each group."""
+    root = image_folder(str(tmp_path / 'd'), rng, count=45)
+    spec = 'folder:%s' % root
+    recipe('pretrain.py', '--data', spec, '--classes', '0-1', '--model', 'mlp', '--epochs', 2,
+           '--batch-size', 10, '--no-progress', '--save', tmp_path / 'ck.params')
+    recipe('mnist_stream.py', '--pretrained', tmp_path / 'ck.params', '--source', spec,
+           '--classes', '2', '--arrival-batch', 5, '--replay', 20, '--no-progress',
+           '--out', tmp_path / 's.json', '--checkpoint-dir', tmp_path / 'ck')
+    result = json.loads((tmp_path / 's.json').read_text())
+    assert result['config']['model_classes'] == ['cat', 'dog', 'fox']
+    assert result['config']['classes'] == 'fox' and result['examples_learned'] == 15
+    assert result['old_classes_test_accuracy_before'] is not None
+    assert 0 <= result['new_classes_test_accuracy'] <= 1
+
+
+def test_stdin_stream_of_image_files_and_base64_with_class_names(tmp_path, rng):
+    root = image_folder(str(tmp_path / 'd'), rng, count=12)
+    lines = []
+    for k, name in enumerate(['cat', 'dog', 'fox'] * 4):
+        path = next(p for p in sorted(os.listdir(os.path.join(root, 'train', name))))
+        full = os.path.join(root, 'train', name, path)
+        if k % 2:
+            lines.append(json.dumps({'image': full, 'label': name}))
+        else:
+            import base64
+            lines.append(json.dumps({'png_base64': base64.b64encode(open(full, 'rb').read()).decode(),
+                                     'label': name}))
+    lines.append(json.dumps({'image': full, 'label': 'wolf'}))
+    proc = subprocess.run([sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'mnist_stream.py'),
+                           '--source', 'stdin', '--data', 'folder:%s' % root, '--classes', 'all',
+                           '--model', 'mlp', '--arrival-batch', '4', '--reservoir', '8', '--no-progress',
+                           '--out', str(tmp_path / 'r.json')],
+                          input='\n'.join(lines) + '\n', capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(predictions) == 12 and {p['prediction'] for p in predictions} <= {'cat', 'dog', 'fox'}
+    assert [p['label'] for p in predictions] == ['cat', 'dog', 'fox'] * 4
+    assert 'line 13 rejected: label "wolf" is not a class of this stream (cat,dog,fox)' in proc.stderr
+    assert json.loads((tmp_path / 'r.json').read_text())['rejected'] == 1

@@ -20,8 +20,10 @@ _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 def is_zoo_file(path):
     """Whether ``path`` is a model-zoo parameter file rather than an mxnag checkpoint
-    (which has its ``.json`` beside it)."""
-    return path.endswith('.params') and not os.path.exists(checkpoint.prefix_of(path) + '.json')
+    (which has its ``.json`` beside it; a path that is neither is taken for a checkpoint,
+    whose error names the missing ``.json``)."""
+    return path.endswith('.params') and os.path.isfile(path) and \
+        not os.path.exists(checkpoint.prefix_of(path) + '.json')
 
 
 def pretrained_meta(path, model=None):
@@ -31,8 +33,6 @@ def pretrained_meta(path, model=None):
     ``cifar_*`` models, else ImageNet's 224x224)."""
     if not is_zoo_file(path):
         return checkpoint.read_meta(path)
-    if not os.path.isfile(path):
-        raise MxnagError('%s: not found' % path)
     match = _ZOO_FILE.match(os.path.basename(path))
     name = model or (match.group('name') if match else None)
     if not name:

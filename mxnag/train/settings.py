@@ -92,15 +92,15 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('data', None, 'data source: mnist, fashion-mnist, cifar10:PATH, cifar100:PATH (the '
             'python or binary version\'s files), folder:PATH (a sub-folder of images per class; '
             'train/ and test/ inside, or split by --val-fraction) or rec:PREFIX (im2rec\'s '
-            'PREFIX.rec and .idx) (default: --dataset)', group='data', resume=True, recipes=BATCH,
+            'PREFIX.rec and .idx) (default: --dataset)', group='data', resume=True, recipes=RECIPES,
             metavar='SPEC'),
     Setting('val_fraction', 0.1, 'of each class of a folder or record file with no test split: '
             'the part kept for testing, chosen with --seed (default %(default)s)',
-            type=float, group='data', resume=True, recipes=BATCH),
+            type=float, group='data', resume=True, recipes=RECIPES),
     Setting('input_size', None, 'images are resized to SIZExSIZE (default: the data\'s size where '
             'all images share one, else 32 for GluonCV cifar_* models, 28 for mxnag\'s, 224 '
             'for the rest; fine-tuning: the pretrained model\'s)', type=positive_int,
-            group='data', resume=True, recipes=BATCH, metavar='SIZE'),
+            group='data', resume=True, recipes=RECIPES, metavar='SIZE'),
     Setting('augment', 'auto', 'training transforms as GluonCV makes them: none, crop-flip (pad '
             'and crop, flip: CIFAR\'s), resized-crop-flip (ImageNet\'s) (default auto: none for '
             'mnist and fashion-mnist, crop-flip up to 64x64, else resized-crop-flip)',
@@ -108,7 +108,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('normalize', 'auto', "per-channel standardisation: 'data' (the training images' mean "
             "and std), 'imagenet' (for ImageNet-pretrained models) (default auto: the pretrained "
             "checkpoint's when fine-tuning, else the data's)", group='data',
-            choices=('auto', 'data', 'imagenet'), resume=True, recipes=BATCH),
+            choices=('auto', 'data', 'imagenet'), resume=True, recipes=RECIPES),
     Setting('workers', 0, 'processes decoding images for a folder or record source (gluon '
             'DataLoader; default 0: in the training process)', type=nonnegative_int,
             group='data', config=False, recipes=BATCH),
@@ -175,9 +175,11 @@ SETTINGS: Tuple[Setting, ...] = (
     # output
     # a stream
     Setting('source', 'mnist', "where examples come from: 'mnist' (the training images of "
-            "--classes in a seeded order, once) or 'stdin' (one JSON object a line: "
-            '{"pixels": [784 integers 0-255], "label": digit}; a prediction a line on stdout)',
-            group='stream', recipes=('stream',), choices=('mnist', 'stdin'), resume=True),
+            "--classes of --data, or of --dataset, in a seeded order, once), a data source "
+            "(folder:PATH, rec:PREFIX, cifar10:PATH, ...: its training images so) or 'stdin' "
+            '(one JSON object a line: {"label": a class name or number, and "pixels": [784 '
+            'integers 0-255] or "image": "a/file.png" or "png_base64": "..."}; a prediction '
+            'a line on stdout)', group='stream', recipes=('stream',), resume=True, metavar='SOURCE'),
     Setting('replay', 2000, 'examples of the checkpoint\'s classes kept and mixed into every '
             'update (0: none; default %(default)s)', type=nonnegative_int, group='stream',
             recipes=('stream',), resume=True),

@@ -12,6 +12,8 @@ one JSON object a line, a prediction a line on stdout), checkpoints every
 Classes are the data set's labels (digits); the model's output ``k`` is the ``k``-th of
 the checkpoint's classes followed by the stream's new ones.
 """
+import base64
+import binascii
 import json
 import logging
 import os
@@ -24,65 +26,114 @@ import numpy as np
 from mxnet import gluon
 
 from .. import __version__
-from . import checkpoint, data, extras, finetune, loop, models, online, settings
+from . import checkpoint, data, extras, finetune, images, loop, models, online, run as batch, settings, sources
 from ..errors import MxnagError
 
 log = logging.getLogger(__name__)
 PIXELS = 28 * 28
+SOURCE_KINDS = ('mnist', 'data', 'stdin')  # or a data source's spec, e.g. folder:PATH
 
 
-def _class_list(spec):
-    classes = data.parse_classes(spec)
-    return list(classes) if classes else list(range(10))
-
-
-def parse_line(line: str, known: set) -> Tuple[Optional[np.ndarray], Optional[int], Optional[str]]:
-    """One line of the stdin source: ``(pixels uint8 (28, 28), label, None)``, or
-    ``(None, None, reason)`` for a line to reject."""
+def parse_line(line: str, known, channels: int = 1, base: str = '.'
+               ) -> Tuple[Optional[np.ndarray], Optional[str], Optional[str]]:
+    """One line of the stdin source: ``(image uint8 HxWxC, class name, None)``, or
+    ``(None, None, reason)`` for a line to reject. A line is a JSON object with a
+    ``label`` (a class name, or its number) and one of ``pixels`` (784 integers 0-255: a
+    28x28 grey image), ``image`` (the path of an image file, relative to ``base``) or
+    ``png_base64`` (an encoded image, base64); ``known``: the stream's class names."""
     try:
         record = json.loads(line)
     except ValueError as err:
         return None, None, 'not JSON (%s)' % err
     if not isinstance(record, dict):
         return None, None, 'not a JSON object'
-    pixels, label = record.get('pixels'), record.get('label')
+    label = record.get('label')
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        return None, None, 'label: want a class name or number, got %r' % (label,)
+    name = str(label)
+    if name not in known:
+        return None, None, 'label %s is not a class of this stream (%s)' % (
+            json.dumps(label), ','.join(sorted(known, key=_class_order)))
+    if 'pixels' in record:
+        image, reason = _pixels(record['pixels'])
+    elif 'image' in record or 'png_base64' in record:
+        image, reason = _encoded(record, channels, base)
+    else:
+        return None, None, 'no image: want pixels, image (a path) or png_base64'
+    return (None, None, reason) if reason else (image, name, None)
+
+
+def _class_order(name):
+    return (0, int(name), '') if name.isdigit() else (1, 0, name)
+
+
+def _pixels(pixels):
     if not isinstance(pixels, list) or len(pixels) != PIXELS:
-        return None, None, 'pixels: want a list of %d integers, got %s' % (
+        return None, 'pixels: want a list of %d integers, got %s' % (
             PIXELS, 'a list of %d' % len(pixels) if isinstance(pixels, list) else type(pixels).__name__)
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in pixels):
-        return None, None, 'pixels: every value must be an integer in 0-255'
-    if isinstance(label, bool) or not isinstance(label, int):
-        return None, None, 'label: want an integer, got %r' % (label,)
-    if label not in known:
-        return None, None, 'label %d is not a class of this stream (%s)' % (
-            label, ','.join(str(c) for c in sorted(known)))
-    return np.array(pixels, np.uint8).reshape(28, 28), label, None
+        return None, 'pixels: every value must be an integer in 0-255'
+    return np.array(pixels, np.uint8).reshape(28, 28, 1), None
 
 
-def _mnist_source(images, labels, seed, start) -> Iterator[Tuple[np.ndarray, int]]:
-    order = np.random.RandomState(seed).permutation(len(labels))
+def _encoded(record, channels, base):
+    try:
+        if 'image' in record:
+            path = record['image']
+            if not isinstance(path, str):
+                return None, 'image: want a path, got %r' % (path,)
+            where = os.path.join(base, path)
+            with open(where, 'rb') as f:
+                blob = f.read()
+        else:
+            where = 'png_base64'
+            blob = base64.b64decode(record['png_base64'], validate=True)
+        return sources.decode(blob, where, channels), None
+    except (OSError, ValueError, TypeError, binascii.Error, data.DataError) as err:
+        return None, str(err) if isinstance(err, data.DataError) else '%s (%s)' % (
+            'image: cannot read %s' % record.get('image') if 'image' in record else 'png_base64: not base64',
+            getattr(err, 'strerror', None) or err)
+
+
+def _as_written(name):
+    """A class as the stream's lines write it: a number where the classes are numbers."""
+    return int(name) if name.isdigit() else name
+
+
+def _source_iter(split, pick, seed, start) -> Iterator[Tuple[np.ndarray, int]]:
+    """The examples ``pick`` of ``split`` in a seeded order, from the ``start``-th on:
+    (image, source label)."""
+    order = np.random.RandomState(seed).permutation(len(pick))
     for i in order[start:]:
-        yield images[i], int(labels[i])
+        yield split.image(pick[i]), int(split.labels[pick[i]])
+
+
+def open_source(args):
+    """The stream's data source: ``args.source`` when it names one (``folder:PATH``, ...),
+    else ``args.data`` or the MNIST family's ``args.dataset``."""
+    spec = args.source if args.source not in SOURCE_KINDS else (args.data or args.dataset)
+    return sources.parse(spec, args.data_dir, args.val_fraction, args.seed)
 
 
 class Stream:
-    """The state of one stream run that is not the learner's: classes, data, counters."""
+    """The state of one stream run that is not the learner's: classes, data, counters.
+
+    Classes are known by name: the model's outputs are the checkpoint's classes (its
+    recorded class names) followed by the stream's new ones; an example of the source
+    has the name of its class there."""
 
     def __init__(self, args, optimizer=None):
         self.args = args
         self.optimizer = optimizer or args.optimizer
         self.context = mx.cpu()
-        splits = data.load(args.dataset, args.data_dir)
-        self.train_images, self.train_labels = splits['train']
-        self.test_images, self.test_labels = splits['test']
-        self.new_classes = _class_list(args.classes)
+        self.source = open_source(args)
+        names = self.source.class_names
+        picked = data.parse_classes(args.classes, len(names))
+        self.new_classes = [names[c] for c in picked] if picked else list(names)
+        meta = None
         if args.pretrained:
             self.net, meta = finetune.load_pretrained(args.pretrained, [self.context])
-            self.old_classes = _class_list(meta['config'].get('classes'))
-            if len(self.old_classes) != meta['num_classes']:
-                raise MxnagError('%s: %d outputs for classes %s'
-                                 % (args.pretrained, meta['num_classes'], self.old_classes),
-                                 ('pretrained',))
+            self.old_classes = _pretrained_classes(meta, names, args.pretrained)
         else:
             self.old_classes = []
             if args.model not in models.MXNAG_MODELS:
@@ -92,20 +143,32 @@ class Stream:
             self.net.initialize(mx.init.Xavier(), ctx=[self.context])
         self.classes = self.old_classes + [c for c in self.new_classes if c not in self.old_classes]
         self.index = {c: k for k, c in enumerate(self.classes)}
+        size = batch.input_size(args, self.source, meta)
+        mean, std = batch.normalization(args, self.source, meta)
+        self.transform = images.Transform(size, 'none', False, mean, std)
+        self.input_shape = (len(mean),) + tuple(size)
         if args.pretrained:
             online.grow_output(self.net, len(self.classes), [self.context], seed=args.seed)
         self.net.hybridize()
         self.old_before = self.accuracy(self.old_classes) if self.old_classes else None
+        self.learner = self._learner(args)
+        self.position = 0  # source items consumed (examples, or lines of stdin)
+        self.rejected = 0
+        self.config = dict(settings.config_of(args), optimizer=self.optimizer,
+                           classes=','.join(self.new_classes), model_classes=self.classes)
+
+    def _learner(self, args):
         replay = None
         if args.replay or args.reservoir:
             kept_x = kept_y = None
             if args.replay and self.old_classes:
-                pick = np.flatnonzero(np.isin(self.train_labels, self.old_classes))
+                pick = self.examples_of(self.source.train, self.old_classes)
                 pick = np.random.RandomState([args.seed, 1]).choice(
                     pick, min(args.replay, len(pick)), replace=False)
-                kept_x = data.normalize(self.train_images[pick], args.dataset)
-                kept_y = np.array([self.index[c] for c in self.train_labels[pick]], np.float32)
-            replay = online.ReplayMemory(kept_x, kept_y, args.reservoir, (1, 28, 28),
+                kept_x = self.prepare([self.source.train.image(i) for i in pick])
+                kept_y = np.array([self.index[self.name_of(self.source.train, i)] for i in pick],
+                                  np.float32)
+            replay = online.ReplayMemory(kept_x, kept_y, args.reservoir, self.input_shape,
                                          seed=args.seed)
         if args.features_lr_mult != 1.0:  # the output layer learns at the full rate
             head = set(getattr(self.net, models.output_layer_name(self.net)).collect_params().values())
@@ -114,28 +177,52 @@ class Stream:
                     param.lr_mult = args.features_lr_mult
         opt = loop.make_optimizer(self.optimizer, args.lr, loop.parse_opt_args(args.opt_arg))
         trainer = gluon.Trainer(self.net.collect_params(), opt, kvstore=None)
-        self.learner = online.OnlineLearner(self.net, trainer, self.context, replay,
-                                            replay_per_update=args.replay_batch, window=args.window)
-        self.position = 0  # source items consumed (examples, or lines of stdin)
-        self.rejected = 0
-        self.config = dict(settings.config_of(args), optimizer=self.optimizer,
-                           classes=','.join(str(c) for c in self.new_classes),
-                           model_classes=self.classes)
+        return online.OnlineLearner(self.net, trainer, self.context, replay,
+                                    replay_per_update=args.replay_batch, window=args.window)
+
+    def name_of(self, split, i):
+        return self.source.class_names[split.labels[i]]
+
+    def examples_of(self, split, names):
+        """Indices of ``split``'s examples of the classes ``names``."""
+        wanted = [k for k, name in enumerate(self.source.class_names) if name in names]
+        return np.flatnonzero(np.isin(split.labels, wanted))
+
+    def prepare(self, pictures) -> np.ndarray:
+        """uint8 HxWxC images -> the network's standardised float32 input."""
+        if len(pictures) and all(p.shape[:2] == self.transform.size for p in pictures):
+            return self.transform.standardise(np.stack(pictures))
+        return np.stack([self.transform(p) for p in pictures])
 
     def accuracy(self, classes) -> Optional[float]:
         """Test accuracy on the test images of ``classes`` (None for none)."""
         if not classes:
             return None
-        pick = np.isin(self.test_labels, classes)
-        labels = np.array([self.index[c] for c in self.test_labels[pick]])
-        return online.evaluate_classes(self.net, data.normalize(self.test_images[pick],
-                                                                self.args.dataset),
-                                       labels, self.context)
+        test = self.source.test
+        pick = self.examples_of(test, classes)
+        labels = np.array([self.index[self.name_of(test, i)] for i in pick])
+        pictures = test.images[pick] if test.images is not None else [test.image(i) for i in pick]
+        return online.evaluate_classes(self.net, self.prepare(pictures), labels, self.context)
 
-    def learn(self, images: np.ndarray, labels: List[int], predictions=None, arrival=None):
-        x = data.normalize(images, self.args.dataset)
-        y = np.array([self.index[c] for c in labels], np.float32)
+    def learn(self, pictures, names: List[str], predictions=None, arrival=None):
+        x = self.prepare(pictures)
+        y = np.array([self.index[c] for c in names], np.float32)
         return self.learner.learn(x, y, predictions, arrival)
+
+
+def _pretrained_classes(meta, names, path):
+    """The class names of a checkpoint's outputs: recorded, or (older checkpoints) its
+    classes setting over this source's names."""
+    recorded = (meta.get('input') or {}).get('class_names')
+    if recorded:
+        classes = list(recorded)
+    else:
+        picked = data.parse_classes(meta['config'].get('classes'), len(names))
+        classes = [names[c] for c in picked] if picked else list(names)
+    if len(classes) != meta['num_classes']:
+        raise MxnagError('%s: %d outputs for classes %s' % (path, meta['num_classes'], classes),
+                         ('pretrained',))
+    return classes
 
 
 def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) -> dict:
@@ -191,58 +278,10 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
             save()
             last_checkpoint = time.time()
 
-    batch = args.arrival_batch
-    if args.source == 'mnist':
-        pick = np.flatnonzero(np.isin(stream.train_labels, stream.new_classes))
-        images, labels = stream.train_images[pick], stream.train_labels[pick]
-        bar = None
-        if not args.no_progress and not quiet:
-            tqdm = extras.require('tqdm', 'progress bars (unless no_progress)', ('no_progress',)).tqdm
-            bar = tqdm(total=len(labels), initial=stream.position, unit='example', mininterval=1.0)
-        source = _mnist_source(images, labels, args.seed, stream.position)
-        while True:
-            chunk = [item for _, item in zip(range(batch), source)]
-            if not chunk:
-                break
-            arrival = time.perf_counter()
-            stream.learn(np.stack([image for image, _ in chunk]), [label for _, label in chunk],
-                         arrival=arrival)
-            stream.position += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-            after_update()
-        if bar is not None:
-            bar.close()
+    if args.source == 'stdin':
+        _learn_stdin(stream, args, out or sys.stdout, after_update)
     else:
-        known = set(stream.classes)
-        out = out or sys.stdout
-        buffer_images, buffer_labels, buffer_predictions = [], [], []
-        skip = stream.position
-        for line in sys.stdin:
-            if skip:  # a resumed stream: these lines were consumed before
-                skip -= 1
-                continue
-            stream.position += 1
-            arrival = time.perf_counter()
-            image, label, reason = parse_line(line, known)
-            if reason is not None:
-                stream.rejected += 1
-                log.warning('line %d rejected: %s', stream.position, reason)
-                continue
-            prediction = int(learner.predict(data.normalize(image[None], args.dataset))[0])
-            out.write(json.dumps({'line': stream.position, 'prediction': stream.classes[prediction],
-                                  'label': label}) + '\n')
-            out.flush()
-            buffer_images.append(image)
-            buffer_labels.append(label)
-            buffer_predictions.append(prediction)
-            if len(buffer_labels) == batch:
-                stream.learn(np.stack(buffer_images), buffer_labels, np.array(buffer_predictions),
-                             arrival)
-                buffer_images, buffer_labels, buffer_predictions = [], [], []
-                after_update()
-        if buffer_labels:  # the end of the input: learn what is left
-            stream.learn(np.stack(buffer_images), buffer_labels, np.array(buffer_predictions))
+        _learn_source(stream, args, quiet, after_update)
     log_points()
     if args.checkpoint_dir:
         save()
@@ -259,6 +298,68 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
                       new_classes_test_accuracy=result['new_classes_test_accuracy'])
     metrics_log.write(event='end', examples=learner.seen)
     return result
+
+
+def _learn_source(stream, args, quiet, after_update):
+    """Learn the training images of the stream's new classes, once, in a seeded order, in
+    arrival batches."""
+    train = stream.source.train
+    pick = stream.examples_of(train, stream.new_classes)
+    bar = None
+    if not args.no_progress and not quiet:
+        tqdm = extras.require('tqdm', 'progress bars (unless no_progress)', ('no_progress',)).tqdm
+        bar = tqdm(total=len(pick), initial=stream.position, unit='example', mininterval=1.0)
+    source = _source_iter(train, pick, args.seed, stream.position)
+    names = stream.source.class_names
+    while True:
+        chunk = [item for _, item in zip(range(args.arrival_batch), source)]
+        if not chunk:
+            break
+        arrival = time.perf_counter()
+        stream.learn([image for image, _ in chunk], [names[label] for _, label in chunk],
+                     arrival=arrival)
+        stream.position += len(chunk)
+        if bar is not None:
+            bar.update(len(chunk))
+        after_update()
+    if bar is not None:
+        bar.close()
+
+
+def _learn_stdin(stream, args, out, after_update):
+    """Predict each line of stdin (a prediction a line on ``out``), learn them in arrival
+    batches; bad lines are rejected with a logged reason."""
+    learner, known = stream.learner, set(stream.classes)
+    pictures, names, predictions = [], [], []
+    skip = stream.position
+    channels = stream.input_shape[0]
+    for line in sys.stdin:
+        if skip:  # a resumed stream: these lines were consumed before
+            skip -= 1
+            continue
+        stream.position += 1
+        arrival = time.perf_counter()
+        image, name, reason = parse_line(line, known, channels)
+        if reason is None and image.shape[2] != channels:
+            reason = 'a %d-channel image; this stream\'s have %d' % (image.shape[2], channels)
+        if reason is not None:
+            stream.rejected += 1
+            log.warning('line %d rejected: %s', stream.position, reason)
+            continue
+        prediction = int(learner.predict(stream.prepare([image]))[0])
+        out.write(json.dumps({'line': stream.position,
+                              'prediction': _as_written(stream.classes[prediction]),
+                              'label': _as_written(name)}) + '\n')
+        out.flush()
+        pictures.append(image)
+        names.append(name)
+        predictions.append(prediction)
+        if len(names) == args.arrival_batch:
+            stream.learn(pictures, names, np.array(predictions), arrival)
+            pictures, names, predictions = [], [], []
+            after_update()
+    if names:  # the end of the input: learn what is left
+        stream.learn(pictures, names, np.array(predictions))
 
 
 def compare(args) -> dict:
