@@ -32,7 +32,7 @@ def test_the_base_install_and_the_mxnet_extras_bring_mxnet_and_numpy_only():
     assert base == ['numpy']
     assert requirement_names(extras['cpu']) == ['mxnet']
     assert requirement_names(extras['cu112']) == ['mxnet-cu112']
-    assert requirement_names(extras['recipes']) == ['gluoncv', 'matplotlib', 'tqdm']
+    assert requirement_names(extras['recipes']) == ['gluoncv', 'matplotlib', 'pillow', 'tqdm']
     with open(os.path.join(ROOT, 'Makefile')) as f:
         makefile = f.read()
     assert "-e '.[cpu,recipes,test]'" in makefile and "-e '.[cpu,recipes]'" in makefile
@@ -70,7 +70,7 @@ def test_without_tqdm_a_run_with_no_progress_bar_trains(tmp_path):
     but GluonCV models."""
     if not os.path.exists(os.path.join(MNIST_DIR, 'train-images-idx3-ubyte.gz')):
         pytest.skip('MNIST not found at %s' % MNIST_DIR)
-    proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', HIDE, 'tqdm,matplotlib,gluoncv',
+    proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', HIDE, 'tqdm,matplotlib,gluoncv,PIL',
                            os.path.join(ROOT, 'recipes', 'mnist_pretrain.py'), '--model', 'mlp',
                            '--shots', '10', '--epochs', '1', '--no-progress', '--data-dir', MNIST_DIR,
                            '--out', str(tmp_path / 'r.json')],
@@ -78,3 +78,15 @@ def test_without_tqdm_a_run_with_no_progress_bar_trains(tmp_path):
                           env=dict(os.environ, PYTHONWARNINGS='ignore'))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / 'r.json').exists()
+
+
+def test_an_image_folder_without_pillow_says_which_extra_to_install(tmp_path):
+    (tmp_path / 'd' / 'cat').mkdir(parents=True)
+    for name in ('a.png', 'b.png'):
+        (tmp_path / 'd' / 'cat' / name).write_bytes(b'x')
+    proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', HIDE, 'PIL',
+                           os.path.join(ROOT, 'recipes', 'pretrain.py'), '--data', 'folder:%s' % (tmp_path / 'd'),
+                           '--model', 'mlp', '--no-progress'],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        'pretrain.py: error: no module PIL for image files: ' + INSTALL], proc.stderr

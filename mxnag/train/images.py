@@ -40,7 +40,8 @@ def _resize(image, size):
     """uint8 HxWxC -> (height, width) = ``size``, bilinear (PIL); unchanged if already so."""
     if image.shape[:2] == tuple(size):
         return image
-    from PIL import Image
+    from .sources import _pil
+    Image = _pil()
     grey = image.shape[2] == 1
     resized = Image.fromarray(image[..., 0] if grey else image).resize((size[1], size[0]), Image.BILINEAR)
     array = np.asarray(resized)

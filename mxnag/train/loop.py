@@ -1,12 +1,12 @@
-"""Training and evaluation with ``gluon.Trainer``: contexts, any registered optimizer by
-name, learning-rate schedules, accuracy and cross-entropy, a live progress bar, a
-JSON-lines metrics log, checkpoints every epoch, exact resume and early stop.
+"""Training and evaluation with ``gluon.Trainer``: accuracy and cross-entropy, a live
+progress bar, a JSON-lines metrics log, the non-finite step guard, checkpoints every
+epoch, exact resume and early stop (contexts, optimizers and schedules are made by
+``mxnag.train.factories``).
 
 Reproducibility: the data order of epoch ``e`` depends only on ``(seed, e)`` and MXNet's
 RNG is re-seeded from ``(seed, e)`` when the epoch starts, so a run resumed from the
 checkpoint of epoch ``e`` continues exactly as the uninterrupted run (on CPU).
 """
-import ast
 import json
 import os
 import time
@@ -16,84 +16,11 @@ from mxnet import autograd, gluon
 
 from .. import kernels, optim  # noqa: F401  (optim registers the mxnag optimizers)
 from . import checkpoint, extras
-from ..errors import MxnagError, TrainingError, WriteError
+from ..errors import TrainingError, WriteError
 
-SCHEDULES = ('constant', 'step', 'cosine')
-
-
-def parse_contexts(spec):
-    """``'cpu'``, ``'cpu:0,cpu:1'``, ``'gpu:0,gpu:1'`` -> list of ``mx.Context``."""
-    contexts = []
-    for part in (p.strip() for p in str(spec).split(',')):
-        kind, _, index = part.partition(':')
-        if kind not in ('cpu', 'gpu') or (index and not index.isdigit()):
-            raise MxnagError('ctx: %r is not like cpu, cpu:1 or gpu:0,gpu:1' % part, ('ctx',))
-        ctx = mx.Context(kind, int(index or 0))
-        if kind == 'gpu' and ctx.device_id >= mx.context.num_gpus():
-            raise MxnagError('ctx: %s does not exist (this machine has %d GPUs)'
-                             % (part, mx.context.num_gpus()), ('ctx',))
-        if ctx in contexts:
-            raise MxnagError('ctx: %s given twice' % part, ('ctx',))
-        contexts.append(ctx)
-    return contexts
-
-
-def parse_opt_args(opt_arg):
-    """``['beta2=0.99', 'decoupled_wd=False']`` -> ``{'beta2': 0.99, 'decoupled_wd': False}``."""
-    out = {}
-    for pair in opt_arg or ():
-        key, sep, value = pair.partition('=')
-        if not sep or not key.strip().isidentifier():
-            raise MxnagError('opt_arg: %r is not like name=value' % pair, ('opt_arg',))
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
-    return out
-
-
-def make_lr_scheduler(lr_schedule, base_lr, steps_per_epoch, epochs, warmup_epochs=0.0,
-                      lr_step_epochs=(), lr_factor=0.1):
-    """An ``mx.lr_scheduler`` (or None for a constant rate): ``constant``, ``step``
-    (multiply by ``lr_factor`` at each of ``lr_step_epochs``) or ``cosine`` (to 0 at the
-    end), each after ``warmup_epochs`` of linear warm-up from 0."""
-    if lr_schedule not in SCHEDULES:
-        raise MxnagError('lr_schedule: %r is not one of %s' % (lr_schedule, ', '.join(SCHEDULES)),
-                         ('lr_schedule',))
-    if warmup_epochs < 0 or warmup_epochs > epochs:
-        raise MxnagError('warmup_epochs: must be in [0, epochs=%d], got %r' % (epochs, warmup_epochs),
-                         ('warmup_epochs',))
-    warmup = int(round(warmup_epochs * steps_per_epoch))
-    if lr_schedule == 'cosine':
-        return mx.lr_scheduler.CosineScheduler(max(epochs * steps_per_epoch, warmup + 1), base_lr,
-                                               0.0, warmup_steps=warmup)
-    if lr_schedule == 'step':
-        steps = [int(e * steps_per_epoch) for e in lr_step_epochs]
-        if not steps or steps != sorted(set(steps)) or steps[0] < 1:
-            raise MxnagError('lr_step_epochs: need increasing epochs > 0, got %r' % (lr_step_epochs,),
-                             ('lr_step_epochs',))
-        return mx.lr_scheduler.MultiFactorScheduler(steps, lr_factor, base_lr, warmup_steps=warmup)
-    if warmup:
-        return mx.lr_scheduler.FactorScheduler(10 ** 12, 1.0, base_lr=base_lr, warmup_steps=warmup)
-    return None
-
-
-def make_optimizer(optimizer, learning_rate, opt_args=None, lr_scheduler=None):
-    """Any registered optimizer by name, its arguments checked: MxnagError if unknown."""
-    key = str(optimizer).lower()
-    registry = mx.optimizer.Optimizer.opt_registry
-    if key not in registry:
-        raise MxnagError('optimizer: unknown %r; registered: %s'
-                         % (optimizer, ', '.join(sorted(registry))), ('optimizer',))
-    kwargs = dict(opt_args or {})
-    if learning_rate is not None:  # None: the optimizer's own default
-        kwargs['learning_rate'] = learning_rate
-    if lr_scheduler is not None:
-        kwargs['lr_scheduler'] = lr_scheduler
-    try:
-        return mx.optimizer.create(key, **kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise MxnagError('optimizer %s: %s' % (key, err), ('optimizer',)) from None
+# what the loop's callers make its parts with (defined in factories, their home before)
+from .factories import (SCHEDULES, make_lr_scheduler, make_optimizer,  # noqa: E402,F401
+                        parse_contexts, parse_opt_args)
 
 
 class MetricsLog:
@@ -286,65 +213,19 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
     """
     tqdm = extras.require('tqdm', 'progress bars').tqdm if progress else None
     log = log or MetricsLog(None)
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    loss_fn.hybridize(static_alloc=True, static_shape=True)
-    batch_metrics = _BatchMetrics()
-    batch_metrics.hybridize(static_alloc=True, static_shape=True)
-    ones = mx.nd.ones((1,), ctx=contexts[0])
+    step = _Step(net, trainer, contexts, NonFiniteGuard(trainer, max_skips, log, distributed=num_workers > 1),
+                 num_workers)
     history = list(history or [])
     elapsed = history[-1]['elapsed'] if history else 0.0
-    guard = NonFiniteGuard(trainer, max_skips, log, distributed=num_workers > 1)
     for epoch in range(start_epoch, epochs):
         if target_accuracy is not None and history and history[-1]['test_accuracy'] >= target_accuracy:
             break
         mx.random.seed(seed * 100003 + epoch)
         train_loader.epoch = epoch
-        start, skips_before = time.time(), guard.total
-        sums = mx.nd.zeros(2, ctx=contexts[0])  # loss summed over the applied batches, correct
+        skips_before = step.guard.total
         bar = tqdm(total=len(train_loader), desc='epoch %d/%d' % (epoch + 1, epochs),
                    unit='batch', dynamic_ncols=True, mininterval=1.0) if progress else _NoBar()
-        applied_batches = []  # sizes of the batches whose steps applied, known when settled
-        sizes = []  # sizes of the batches not yet settled
-        for batch, (x, y) in enumerate(train_loader):
-            xs, ys = _split(x, y, contexts)
-            with autograd.record():
-                outs = [net(a) for a in xs]
-                losses = [loss_fn(o, b) for o, b in zip(outs, ys)]
-                if guard.scaler is not None:  # MXNet's AMP: backward of the scaled loss
-                    from mxnet.contrib import amp
-                    with amp.scale_loss(losses, trainer) as scaled:
-                        autograd.backward(scaled)
-            if guard.scaler is None:
-                autograd.backward(losses)
-            bar.update(1)
-            flag = guard.step(losses, x.shape[0] * num_workers, epoch + 1, batch + 1)
-            if flag is False:
-                continue
-            applied = ones if flag is True else flag
-            for o, b, loss in zip(outs, ys, losses):
-                sums += batch_metrics(o, b, loss, applied.as_in_context(o.context)) \
-                    .as_in_context(contexts[0])
-            if flag is True:
-                applied_batches.append(x.shape[0])
-            else:
-                sizes.append(x.shape[0])
-            if batch % 50 == 49 or batch + 1 == len(train_loader):
-                applied_batches += [size for size, ok in zip(sizes, guard.settle()) if ok]
-                sizes = []
-                seen = sum(applied_batches)
-                total_loss, correct = sums.asnumpy()
-                mean_loss = float(total_loss) / max(seen, 1)
-                accuracy = float(correct) / max(seen, 1)
-                rate = seen / (time.time() - start)
-                bar.set_postfix(loss='%.4f' % mean_loss, acc='%.4f' % accuracy, img_s='%.0f' % rate)
-                log.write(event='batch', epoch=epoch + 1, batch=batch + 1, loss=mean_loss,
-                          accuracy=accuracy, images_per_sec=rate)
-        applied_batches += [size for size, ok in zip(sizes, guard.settle()) if ok]
-        seen = sum(applied_batches)
-        total_loss, correct = sums.asnumpy()
-        train_loss = float(total_loss) / seen if seen else float('nan')
-        train_accuracy = float(correct) / seen if seen else float('nan')
-        seconds = time.time() - start
+        train_loss, train_accuracy, seen, seconds = step.epoch(train_loader, epoch, bar, log)
         bar.close()
         elapsed += seconds
         test = evaluate(net, test_loader, contexts)
@@ -352,7 +233,7 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
                   'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
                   'learning_rate': trainer.learning_rate, 'seconds': seconds, 'elapsed': elapsed,
                   'images_per_sec': seen / seconds,
-                  'skipped_steps': guard.total - skips_before}
+                  'skipped_steps': step.guard.total - skips_before}
         history.append(record)
         log.write(event='epoch', **record)
         if progress:
@@ -365,6 +246,72 @@ def fit(net, trainer, train_loader, test_loader, contexts, epochs, *, seed=0, st
                             save_states)
             checkpoint.prune(checkpoint_dir, keep)
     return history
+
+
+class _Step:
+    """One epoch of training steps: forward, backward, the guarded step, and the loss and
+    accuracy of the applied batches summed on the device, read every 50 batches."""
+
+    def __init__(self, net, trainer, contexts, guard, num_workers):
+        self.net, self.trainer, self.contexts, self.guard = net, trainer, contexts, guard
+        self.num_workers = num_workers
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.loss_fn.hybridize(static_alloc=True, static_shape=True)
+        self.batch_metrics = _BatchMetrics()
+        self.batch_metrics.hybridize(static_alloc=True, static_shape=True)
+        self.ones = mx.nd.ones((1,), ctx=contexts[0])
+
+    def epoch(self, loader, epoch, bar, log):
+        """Train on every batch of ``loader``: ``(loss, accuracy, images, seconds)`` of the
+        batches whose steps applied."""
+        start = time.time()
+        sums = mx.nd.zeros(2, ctx=self.contexts[0])  # loss summed over the applied batches, correct
+        applied_batches = []  # sizes of the batches whose steps applied, known when settled
+        sizes = []  # sizes of the batches not yet settled
+        for batch, (x, y) in enumerate(loader):
+            flag, outs, ys, losses = self._forward_backward_step(x, y, epoch, batch)
+            bar.update(1)
+            if flag is False:
+                continue
+            applied = self.ones if flag is True else flag
+            for o, b, loss in zip(outs, ys, losses):
+                sums += self.batch_metrics(o, b, loss, applied.as_in_context(o.context)) \
+                    .as_in_context(self.contexts[0])
+            (applied_batches if flag is True else sizes).append(x.shape[0])
+            if batch % 50 == 49 or batch + 1 == len(loader):
+                applied_batches += [size for size, ok in zip(sizes, self.guard.settle()) if ok]
+                sizes = []
+                mean_loss, accuracy, seen = _means(sums, applied_batches, empty=0.0)
+                rate = seen / (time.time() - start)
+                bar.set_postfix(loss='%.4f' % mean_loss, acc='%.4f' % accuracy, img_s='%.0f' % rate)
+                log.write(event='batch', epoch=epoch + 1, batch=batch + 1, loss=mean_loss,
+                          accuracy=accuracy, images_per_sec=rate)
+        applied_batches += [size for size, ok in zip(sizes, self.guard.settle()) if ok]
+        train_loss, train_accuracy, seen = _means(sums, applied_batches)
+        return train_loss, train_accuracy, seen, time.time() - start
+
+    def _forward_backward_step(self, x, y, epoch, batch):
+        xs, ys = _split(x, y, self.contexts)
+        with autograd.record():
+            outs = [self.net(a) for a in xs]
+            losses = [self.loss_fn(o, b) for o, b in zip(outs, ys)]
+            if self.guard.scaler is not None:  # MXNet's AMP: backward of the scaled loss
+                from mxnet.contrib import amp
+                with amp.scale_loss(losses, self.trainer) as scaled:
+                    autograd.backward(scaled)
+        if self.guard.scaler is None:
+            autograd.backward(losses)
+        flag = self.guard.step(losses, x.shape[0] * self.num_workers, epoch + 1, batch + 1)
+        return flag, outs, ys, losses
+
+
+def _means(sums, applied_batches, empty=float('nan')):
+    """(mean loss, accuracy, images) of the applied batches (``empty`` where none applied)."""
+    seen = sum(applied_batches)
+    total_loss, correct = sums.asnumpy()
+    if not seen:
+        return empty, empty, 0
+    return float(total_loss) / seen, float(correct) / seen, seen
 
 
 def epochs_to_reach(history, accuracy):

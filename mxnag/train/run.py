@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import __version__
 from ..dist import worker
-from . import checkpoint, data, extras, finetune, images, loop, models, settings, sources
+from . import (checkpoint, data, extras, factories, finetune, images, loop, models, settings,
+               sources)
 from ..errors import MxnagError, TrainingError, WriteError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def prepare(args):
         extras.require('tqdm', 'progress bars (unless no_progress)', ('no_progress',))
     if args.tensorboard:  # says now, before the data is loaded
         extras.require('tensorboardX', 'TensorBoard logs', ('tensorboard',), extra='tensorboard')
-    contexts = loop.parse_contexts(args.ctx)
+    contexts = factories.parse_contexts(args.ctx)
     if args.amp:
         if any(ctx.device_type != 'gpu' for ctx in contexts):
             raise MxnagError("amp: needs GPU contexts (MXNet's CPU build has no float16 "
@@ -295,13 +296,13 @@ def train(net, args, train_loader, test_loader, contexts, config, log_name, work
     checkpoints, resume; on a distributed kvstore as one of ``workers``. Returns
     ``(history, trainer, resumed_from)``."""
     workers = workers or Workers(args.kvstore)
-    opt_args = loop.parse_opt_args(args.opt_arg)
+    opt_args = factories.parse_opt_args(args.opt_arg)
     lr = args.lr
     if lr is None:  # the optimizer's own default
-        lr = loop.make_optimizer(args.optimizer, None, opt_args).learning_rate
-    scheduler = loop.make_lr_scheduler(args.lr_schedule, lr, len(train_loader), args.epochs,
+        lr = factories.make_optimizer(args.optimizer, None, opt_args).learning_rate
+    scheduler = factories.make_lr_scheduler(args.lr_schedule, lr, len(train_loader), args.epochs,
                                          args.warmup_epochs, args.lr_step_epochs, args.lr_factor)
-    optimizer = loop.make_optimizer(args.optimizer, lr, opt_args, scheduler)
+    optimizer = factories.make_optimizer(args.optimizer, lr, opt_args, scheduler)
     net(mx.nd.zeros((1,) + tuple(train_loader.input_shape), ctx=contexts[0]))  # deferred initialisation
     # Per-parameter multipliers by index: a kvstore server gets the optimizer pickled,
     # without the Trainer's param_dict, and would ignore lr_mult/wd_mult otherwise.

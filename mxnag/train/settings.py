@@ -12,7 +12,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import data, images, loop
+from . import data, factories, images
 from ..errors import MxnagError
 
 BATCH = ('pretrain', 'finetune')  # the recipes that train in epochs
@@ -149,14 +149,14 @@ SETTINGS: Tuple[Setting, ...] = (
             type=nonnegative_float, resume=True, recipes=RECIPES),
     Setting('opt_arg', [], 'optimizer hyperparameter, repeatable: --opt-arg beta2=0.99',
             action='append', metavar='NAME=VALUE', config_key='opt_args',
-            to_config=loop.parse_opt_args, resume=True, recipes=RECIPES),
+            to_config=factories.parse_opt_args, resume=True, recipes=RECIPES),
     Setting('epochs', 3, '(default %(default)s)', type=positive_int, defaults={'finetune': 20},
             resume=True),
     Setting('batch_size', 128, 'global batch size (default %(default)s)', type=positive_int,
             defaults={'finetune': 64}, resume=True),
     # cosine: the best known setting (LeNet, 3 epochs, adanag: 99.33% against 98.69% constant)
     Setting('lr_schedule', 'cosine', 'learning-rate schedule over the run, after any warm-up '
-            '(default %(default)s)', choices=loop.SCHEDULES, resume=True),
+            '(default %(default)s)', choices=factories.SCHEDULES, resume=True),
     Setting('warmup_epochs', 0.0, 'linear warm-up from 0, in epochs (default 0)',
             type=nonnegative_float, resume=True),
     Setting('lr_step_epochs', [], "for --lr-schedule step: epochs at which to multiply by "

@@ -241,15 +241,23 @@ def _cifar_names(path, version, fine):
 
 # -- image folders -------------------------------------------------------------------------
 
+def _pil():
+    """``PIL.Image`` (Pillow, the recipes extra), or the error saying which extra to install."""
+    from . import extras
+    extras.require('PIL', 'image files', ('data',))
+    from PIL import Image
+    return Image
+
+
 def decode(blob, where, channels=None):
     """Encoded image bytes -> uint8 HxWxC (C = ``channels``, or 1 for a grey image and 3
     otherwise); ``DataError`` naming ``where`` if they are not an image."""
-    from PIL import Image, UnidentifiedImageError
+    Image = _pil()
     try:
         with Image.open(io.BytesIO(blob)) as image:
             grey = image.mode in ('1', 'L', 'I;16', 'I', 'LA') if channels is None else channels == 1
             array = np.asarray(image.convert('L' if grey else 'RGB'))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError('%s: not an image this build can decode (%s)' % (where, err)) from None
     return array[..., None] if array.ndim == 2 else array
 
@@ -305,7 +313,7 @@ def _folder(spec, path, val_fraction, seed):
         test_paths, test_labels = _flatten(test, names)
     else:
         paths, labels = _flatten(train, names)
-        train_idx, test_idx = _split(labels, val_fraction, seed, path)
+        train_idx, test_idx = _split(labels, val_fraction, seed, path, names)
         train_paths, train_labels = [paths[i] for i in train_idx], labels[train_idx]
         test_paths, test_labels = [paths[i] for i in test_idx], labels[test_idx]
     channels = _first_channels(train_paths)
@@ -340,9 +348,9 @@ def _flatten(classes, names):
     return paths, labels
 
 
-def _split(labels, val_fraction, seed, where):
+def _split(labels, val_fraction, seed, where, names=None):
     """Indices of a seeded, per-class split: (train, test), ``val_fraction`` of each class
-    (at least one example) for testing."""
+    (at least one example) for testing; ``names``: the classes' names, for messages."""
     if not 0 < val_fraction < 1:
         raise DataError('val_fraction: must be in (0, 1) to split %s, got %r' % (where, val_fraction))
     rng = np.random.RandomState(seed)
@@ -350,8 +358,8 @@ def _split(labels, val_fraction, seed, where):
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
         if len(members) < 2:
-            raise DataError('%s: class %d has %d image; a train/test split needs 2 or more'
-                            % (where, c, len(members)))
+            raise DataError('%s: class %s has %d image; a train/test split needs 2 or more'
+                            % (where, names[c] if names else c, len(members)))
         n_test = max(1, int(round(val_fraction * len(members))))
         test.extend(members[:n_test])
         train.extend(members[n_test:])
@@ -505,7 +513,7 @@ def export_folder(source, out_dir, image_format='png', per_class=None):
     """Write ``source``'s splits as ``out_dir/{train,test}/<class>/<n>.<format>``; returns
     the number of images written per split. Each file is written whole or not at all
     (under a dot name, which the folder source skips, then renamed)."""
-    from PIL import Image
+    Image = _pil()
     names = [folder_name(n) for n in source.class_names]
     if len(set(names)) != len(names):
         raise DataError('%s: class names that make the same folder name: %s' % (source.spec, names))

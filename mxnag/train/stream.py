@@ -26,7 +26,8 @@ import numpy as np
 from mxnet import gluon
 
 from .. import __version__
-from . import checkpoint, data, extras, finetune, images, loop, models, online, run as batch, settings, sources
+from . import (checkpoint, data, extras, factories, finetune, images, loop, models, online,
+               run as batch, settings, sources)
 from ..errors import MxnagError
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Stream:
             for param in self.net.collect_params().values():
                 if param not in head:
                     param.lr_mult = args.features_lr_mult
-        opt = loop.make_optimizer(self.optimizer, args.lr, loop.parse_opt_args(args.opt_arg))
+        opt = factories.make_optimizer(self.optimizer, args.lr, factories.parse_opt_args(args.opt_arg))
         trainer = gluon.Trainer(self.net.collect_params(), opt, kvstore=None)
         return online.OnlineLearner(self.net, trainer, self.context, replay,
                                     replay_per_update=args.replay_batch, window=args.window)
@@ -234,15 +235,7 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
     metrics_log = loop.MetricsLog(args.log, None if quiet else args.tensorboard)
     last_checkpoint = time.time()
     if args.resume:
-        prefix, meta = checkpoint.newest_to_resume(args.checkpoint_dir, stream.config,
-                                                   settings.RESUME_KEYS)
-        if prefix is None:
-            raise MxnagError('resume: no good checkpoint in %s' % args.checkpoint_dir,
-                             ('resume', 'checkpoint_dir'))
-        meta = learner.restore(prefix, stream.optimizer)
-        stream.position, stream.rejected = meta['position'], meta['rejected']
-        stream.old_before = meta['old_classes_test_accuracy_before']
-        log.info('resuming from %s (%d examples learned)', prefix, learner.seen)
+        _resume(stream, args)
     metrics_log.write(event='start', config=stream.config, position=stream.position)
 
     def save():
@@ -298,6 +291,20 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
                       new_classes_test_accuracy=result['new_classes_test_accuracy'])
     metrics_log.write(event='end', examples=learner.seen)
     return result
+
+
+def _resume(stream, args):
+    """Continue ``stream`` from the newest good checkpoint in ``args.checkpoint_dir``."""
+    learner = stream.learner
+    prefix, meta = checkpoint.newest_to_resume(args.checkpoint_dir, stream.config,
+                                               settings.RESUME_KEYS)
+    if prefix is None:
+        raise MxnagError('resume: no good checkpoint in %s' % args.checkpoint_dir,
+                         ('resume', 'checkpoint_dir'))
+    meta = learner.restore(prefix, stream.optimizer)
+    stream.position, stream.rejected = meta['position'], meta['rejected']
+    stream.old_before = meta['old_classes_test_accuracy_before']
+    log.info('resuming from %s (%d examples learned)', prefix, learner.seen)
 
 
 def _learn_source(stream, args, quiet, after_update):

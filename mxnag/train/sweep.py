@@ -9,7 +9,7 @@ model on the first 50,000 training images per grid value, the best accuracy on t
 import logging
 import statistics
 
-from . import data, extras, loop, run, settings
+from . import data, extras, factories, loop, run, settings
 
 OPTIMIZERS = ('sgd', 'nag', 'adam', 'nadam', 'adanag', 'adan')
 # fixed hyperparameters besides the learning rate
@@ -44,7 +44,7 @@ def train_once(args, train_loader, test_loader, log=None):
     net = run.new_model(args.model, 10, [run.mx.cpu()], args.seed)
     config = settings.config_of(args, num_classes=10)
     history, _, _ = run.train(net, args, train_loader, test_loader,
-                              loop.parse_contexts('cpu'), config,
+                              factories.parse_contexts('cpu'), config,
                               '%s/%s/%s' % (args.model, args.optimizer, args.seed))
     return history
 
