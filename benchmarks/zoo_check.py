@@ -367,8 +367,17 @@ def check_in_a_process(name, size, optimizers, steps):
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
     return {'model': name, 'input': '3x%dx%d' % (size, size), 'batch': SIZES[size],
+            'killed': proc.returncode < 0,  # by a signal: the system's, for memory (-9)
             'status': 'FAIL (the check process ended with status %d: %s)'
                       % (proc.returncode, (proc.stderr.strip().splitlines() or [''])[-1][:200])}
+
+
+def _report(rows, row, path):
+    print('%-22s %-10s %s' % (row['model'], row['input'], row['status']), flush=True)
+    if path:  # as it goes: the whole zoo takes a while
+        with open(path, 'w') as f:
+            json.dump({'command': ' '.join(['python'] + sys.argv), 'cpu': _cpu(), 'rows': rows},
+                      f, indent=1)
 
 
 def _drain():
@@ -420,13 +429,14 @@ def main(argv=None):
     rows = []
     for name, model_sizes in models:
         for size in model_sizes:
-            row = check_in_a_process(name, size, args.optimizers, args.steps)
-            rows.append(row)
-            print('%-22s %-10s %s' % (name, row['input'], row['status']), flush=True)
-            if args.json:  # as it goes: the whole zoo takes a while
-                with open(args.json, 'w') as f:
-                    json.dump({'command': ' '.join(['python'] + sys.argv), 'cpu': _cpu(),
-                               'rows': rows}, f, indent=1)
+            rows.append(check_in_a_process(name, size, args.optimizers, args.steps))
+            _report(rows, rows[-1], args.json)
+    for k, row in enumerate(rows):  # killed by the system (memory): once more, alone at the end
+        if row.get('killed'):
+            size = int(row['input'].rsplit('x', 1)[1])
+            rows[k] = dict(check_in_a_process(row['model'], size, args.optimizers, args.steps),
+                           retried_after=row['status'])
+            _report(rows, rows[k], args.json)
     command = 'python benchmarks/zoo_check.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
     table = markdown(rows, command.strip())
     print(table)

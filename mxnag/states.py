@@ -7,7 +7,9 @@ user. ``loads`` admits only what optimizer states hold: dicts, tuples, lists and
 (pickle's own opcodes), ``bytearray`` (an NDArray's bytes), ``mxnet.ndarray.NDArray``,
 the optimizer classes (subclasses of ``mx.optimizer.Optimizer``, mxnag's and MXNet's) and
 MXNet's learning-rate schedulers, each from a module already imported (nothing is
-imported on a file's behalf). Anything else is refused before it is called, naming it.
+imported on a file's behalf); the only calls admitted are those that make an empty
+NDArray and a bytearray, and no class's attributes may be set. Anything else is refused
+before it is called, naming it, as is a state file with an array that holds no data.
 
 Shared by the training toolkit and the kvstore server: imports only what an optimizer's
 unpickling does (MXNET-FACTS: a server's MXNet is half imported).
@@ -39,7 +41,14 @@ def _admitted(module, name):
     return None
 
 
-class _StatesUnpickler(pickle.Unpickler):
+class _StatesUnpickler(pickle._Unpickler):  # noqa: SLF001 (the Python one: its opcodes can be checked)
+    """``pickle``'s Python unpickler with every way of calling or changing something
+    checked: classes come from ``_admitted``; a call (REDUCE) may only make an empty
+    ``NDArray`` (``NDArray(None)``, as NDArray pickles itself) or a ``bytearray`` of
+    bytes; NEWOBJ only makes instances of admitted classes; BUILD may not set attributes
+    of a class (which would change it for the whole process)."""
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
+
     def find_class(self, module, name):
         found = _admitted(module, name)
         if found is None:
@@ -48,15 +57,57 @@ class _StatesUnpickler(pickle.Unpickler):
                 'file); refused, nothing of it ran' % (module, name))
         return found
 
+    def load_reduce(self):
+        args, func = self.stack[-1], self.stack[-2]
+        from mxnet.ndarray import NDArray
+        allowed = (func is NDArray and args == (None,)) or \
+            (func is bytearray and len(args) == 1 and isinstance(args[0], bytes))
+        if not allowed:
+            raise pickle.UnpicklingError('it calls %s with %s, which optimizer states never do; '
+                                         'refused' % (getattr(func, '__name__', func), _short(args)))
+        pickle._Unpickler.load_reduce(self)  # noqa: SLF001
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def load_build(self):
+        if isinstance(self.stack[-2], type):
+            raise pickle.UnpicklingError('it sets attributes of the class %s; refused'
+                                         % self.stack[-2].__name__)
+        pickle._Unpickler.load_build(self)  # noqa: SLF001
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + '...'
+
+
+def _check_arrays(value, path, depth=0):
+    """Every NDArray in ``value`` holds data (an empty one would crash MXNet's calls)."""
+    from mxnet.ndarray import NDArray
+    if depth > 20:
+        raise MxnagError('%s: not a trainer state file (nested too deep)' % path)
+    if isinstance(value, NDArray):
+        if value.handle is None:
+            raise MxnagError('%s: not a trainer state file (an array without data)' % path)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_arrays(item, path, depth + 1)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _check_arrays(item, path, depth + 1)
+
 
 def loads(blob, path):
     """The unpickled content of state file ``path`` (its bytes ``blob``); ``MxnagError``
     naming the file when it is not a state file or asks for anything else."""
     try:
-        return _StatesUnpickler(io.BytesIO(blob)).load()
-    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError,
-            IndexError, KeyError) as err:
-        raise MxnagError('%s: not a trainer state file (%s)' % (path, err)) from None
+        content = _StatesUnpickler(io.BytesIO(blob)).load()
+    except Exception as err:  # noqa: BLE001 (whatever a damaged or crafted file raises: one line)
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise MxnagError('%s: not a trainer state file (%s)' % (path, reason)) from None
+    states = content[0] if isinstance(content, tuple) and len(content) == 2 else content
+    _check_arrays(states, path)
+    return content
 
 
 def read(path):

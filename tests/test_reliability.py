@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -212,6 +213,49 @@ def test_a_state_file_that_would_run_code_is_refused_and_nothing_of_it_runs(tmp_
     with pytest.raises(MxnagError, match='it asks for posix.system'):
         mxnag.states.set_updater_states(updater, (tmp_path / 'crafted.states').read_bytes(), 'x')
     assert updater.states == {} and not marker.exists()
+
+
+def _ops(*parts):
+    """A pickle (protocol 4) from opcodes and values: str -> its SHORT_BINUNICODE."""
+    out = pickle.PROTO + b'\x04'
+    for part in parts:
+        if isinstance(part, str):
+            data = part.encode()
+            out += pickle.SHORT_BINUNICODE + bytes([len(data)]) + data
+        else:
+            out += part
+    return out + pickle.STOP
+
+
+def _global(module, name):
+    return (module, name, pickle.STACK_GLOBAL)
+
+
+@pytest.mark.parametrize('name, blob, reason', [
+    ('a class changed for the whole process',
+     _ops(*_global('mxnet.lr_scheduler', 'CosineScheduler'), pickle.NONE, pickle.EMPTY_DICT, 'base_lr',
+          pickle.BINFLOAT + struct.pack('>d', 1e6), pickle.SETITEM, pickle.TUPLE2, pickle.BUILD),
+     'it sets attributes of the class CosineScheduler'),
+    ('an NDArray of a pointer', _ops(*_global('mxnet.ndarray.ndarray', 'NDArray'), pickle.BININT1 + b'\x05',
+                                     pickle.TUPLE1, pickle.REDUCE), 'it calls NDArray with (5,)'),
+    ('a huge bytearray', _ops(*_global('builtins', 'bytearray'), pickle.LONG1 + b'\x05' + (10 ** 11).to_bytes(5, 'little'),
+                              pickle.TUPLE1, pickle.REDUCE), 'it calls bytearray with (100000000000,)'),
+    ('an array without data', _ops(pickle.EMPTY_DICT, pickle.BININT1 + b'\x00',
+                                   *_global('mxnet.ndarray.ndarray', 'NDArray'), pickle.NONE, pickle.TUPLE1,
+                                   pickle.REDUCE, pickle.EMPTY_DICT, 'handle', pickle.NONE, pickle.SETITEM,
+                                   pickle.BUILD, pickle.SETITEM), 'an array without data'),
+    ('junk array bytes', _ops(*_global('mxnet.ndarray.ndarray', 'NDArray'), pickle.NONE, pickle.TUPLE1,
+                              pickle.REDUCE, pickle.EMPTY_DICT, 'handle', *_global('builtins', 'bytearray'),
+                              pickle.SHORT_BINBYTES + b'\x04junk', pickle.TUPLE1, pickle.REDUCE,
+                              pickle.SETITEM, pickle.BUILD), 'not a trainer state file'),
+])
+def test_crafted_state_files_that_would_crash_or_change_things_are_refused(name, blob, reason):
+    from mxnet import lr_scheduler
+    with pytest.raises(MxnagError) as caught:
+        mxnag.states.loads(blob, 'x.states')
+    assert str(caught.value).startswith('x.states: not a trainer state file (') and reason in str(caught.value)
+    assert '\n' not in str(caught.value)
+    assert not hasattr(lr_scheduler.CosineScheduler, 'base_lr')
 
 
 def test_resume_refuses_a_crafted_state_file_with_one_line(tmp_path, mnist_dir):

@@ -488,3 +488,72 @@ def test_stdin_stream_of_image_files_and_base64_with_class_names(tmp_path, rng):
     assert [p['label'] for p in predictions] == ['cat', 'dog', 'fox'] * 4
     assert 'line 13 rejected: label "wolf" is not a class of this stream (cat,dog,fox)' in proc.stderr
     assert json.loads((tmp_path / 'r.json').read_text())['rejected'] == 1
+
+
+# -- channels, names and edges the review found ----------------------------------------------
+
+def test_a_folder_with_any_colour_image_is_read_in_colour(tmp_path, rng):
+    image_folder(str(tmp_path), rng, split=False, channels=1, count=12)
+    x, _ = pictures(rng, 1)
+    write_image(str(tmp_path / 'fox' / 'zz-colour.png'), x[0])  # one colour image among grey ones
+    source = sources.parse('folder:%s' % tmp_path, val_fraction=0.25)
+    assert source.channels == 3 and len(source.mean) == 3
+    grey = source.train.image(0)
+    assert grey.shape[2] == 3 and np.array_equal(grey[..., 0], grey[..., 2])
+
+
+def test_grey_and_colour_data_follow_the_pretrained_models_channels(tmp_path, rng):
+    """A grey checkpoint fine-tuned on a colour folder, and a colour one on grey data."""
+    grey_root = image_folder(str(tmp_path / 'grey'), rng, channels=1)
+    colour_root = image_folder(str(tmp_path / 'colour'), rng, channels=3)
+    for first, second in ((grey_root, colour_root), (colour_root, grey_root)):
+        recipe('pretrain.py', '--data', 'folder:%s' % first, *COMMON, '--input-size', 16,
+               '--save', tmp_path / 'ck.params')
+        recipe('finetune.py', '--pretrained', tmp_path / 'ck.params', '--data', 'folder:%s' % second,
+               '--classes', 'all', '--epochs', 1, '--batch-size', 8, '--no-progress', '--out', tmp_path / 'f.json')
+    source = sources.with_channels(sources.parse('folder:%s' % colour_root), 1)
+    assert source.channels == 1 and source.train.image(0).shape[2] == 1
+
+
+def test_split_and_record_edges(tmp_path, rng):
+    image_folder(str(tmp_path / 'two'), rng, split=False, count=6)  # 2 images per class
+    source = sources.parse('folder:%s' % (tmp_path / 'two'), val_fraction=0.75)
+    assert np.bincount(source.train.labels).tolist() == [1, 1, 1]  # at least one to train on
+    record_file(str(tmp_path / 'all'), rng, count=30)
+    by_file = sources.parse('rec:%s' % (tmp_path / 'all.rec'))
+    assert len(by_file.train) + len(by_file.test) == 30
+    assert by_file.train.where(0).startswith(str(tmp_path / 'all.rec record '))
+
+
+def test_stream_edges(tmp_path, rng):
+    root = image_folder(str(tmp_path / 'd'), rng, count=12)
+    other = image_folder(str(tmp_path / 'e'), rng, count=12)
+    for part in ('train', 'test'):  # classes bat, fox, owl: none of cat and dog
+        os.rename(os.path.join(other, part, 'cat'), os.path.join(other, part, 'owl'))
+        os.rename(os.path.join(other, part, 'dog'), os.path.join(other, part, 'bat'))
+    proc = recipe('mnist_stream.py', '--source', 'photos:%s' % root, '--no-progress', check=False)
+    assert proc.returncode == 2 and "--source: 'photos:" in proc.stderr
+    zoo = zoo_file(str(tmp_path), 'cifar_resnet20_v1', 10, 32)
+    proc = recipe('mnist_stream.py', '--pretrained', zoo, '--source', 'folder:%s' % root, '--classes', 2,
+                  '--no-progress',
+                  check=False)
+    assert proc.returncode == 2 and 'a model-zoo file names no classes' in proc.stderr
+    # pretrained on cat and dog of one folder, streaming owl of another that has neither
+    recipe('pretrain.py', '--data', 'folder:%s' % root, '--classes', '0-1', '--model', 'mlp', '--epochs', 1,
+           '--batch-size', 8, '--no-progress', '--save', tmp_path / 'ck.params')
+    proc = recipe('mnist_stream.py', '--pretrained', tmp_path / 'ck.params', '--source', 'folder:%s' % other,
+                  '--classes', '2', '--arrival-batch', 4, '--no-progress', '--out', tmp_path / 's.json')
+    assert "has no training images of the checkpoint's classes (cat,dog)" in proc.stderr
+    result = json.loads((tmp_path / 's.json').read_text())
+    assert result['config']['model_classes'] == ['cat', 'dog', 'owl']
+    from mxnag.train import stream
+    image, name, why = stream.parse_line(json.dumps({'pixels': [0] * 784, 'label': 1}), {'cat', 'dog'},
+                                         numbered=('cat', 'dog', 'fox'))
+    assert why is None and name == 'dog'
+
+
+def test_inception_zoo_file_is_made_for_299(tmp_path):
+    from mxnag.train import finetune
+    path = tmp_path / 'inceptionv3-0123abcd.params'
+    mx.nd.save(str(path), {'output.weight': mx.nd.zeros((1000, 2048)), 'output.bias': mx.nd.zeros((1000,))})
+    assert finetune.pretrained_meta(str(path))['input']['shape'] == [3, 299, 299]

@@ -55,13 +55,15 @@ def main():
                             with open(tmp, 'wb') as f:
                                 f.write(blob)
                         atomic_write(path, write)
-                    else:
-                        with open(path, 'rb') as f:
-                            blob = f.read()
-                        try:  # a crafted file would run code through MXNet's set_states
+                    else:  # MXNet would ignore an exception here: training on fresh states
+                        try:  # and a crafted file would run code through MXNet's set_states
+                            with open(path, 'rb') as f:
+                                blob = f.read()
                             states.set_updater_states(kvstore._updater, blob, path)
-                        except MxnagError as err:
-                            sys.stderr.write('mxnag.dist.server %d: %s\n' % (kvstore.rank, err))
+                        except Exception as err:  # noqa: BLE001 (any failure must stop the job)
+                            sys.stderr.write('mxnag.dist.server %d: %s\n' % (
+                                kvstore.rank, err if isinstance(err, MxnagError) else
+                                '%s: cannot read the optimizer states (%s)' % (path, err)))
                             sys.stderr.flush()
                             os._exit(EXIT_UNPICKLE)
                 elif cmd_id == CONTROLLER:

@@ -16,6 +16,8 @@ _ZOO_FILE = re.compile(r'^(?P<name>.+)-[0-9a-f]{8}\.params$')
 # the normalisation the zoo's weights were trained with: GluonCV's CIFAR scripts
 # (scripts/classification/cifar/train_cifar10.py) and ImageNet's
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+# ImageNet models made for another size than 224x224
+_ZOO_SIZES = {'inceptionv3': 299}
 
 
 def is_zoo_file(path):
@@ -30,7 +32,7 @@ def pretrained_meta(path, model=None):
     """What a run fine-tunes: the verified metadata of an mxnag checkpoint, or of a
     model-zoo ``.params`` file: its model (``model``, else the file's name), its number of
     classes (its output layer's), its input size and normalisation (CIFAR's for the
-    ``cifar_*`` models, else ImageNet's 224x224)."""
+    ``cifar_*`` models, else ImageNet's 224x224, 299x299 for Inception v3)."""
     if not is_zoo_file(path):
         return checkpoint.read_meta(path)
     match = _ZOO_FILE.match(os.path.basename(path))
@@ -49,8 +51,9 @@ def pretrained_meta(path, model=None):
         raise MxnagError('%s: no weights of the output layer %r of a %s model (another model\'s '
                          'file?)' % (path, attr, name), ('model',))
     cifar = name.startswith('cifar_')
+    size = 32 if cifar else _ZOO_SIZES.get(name, 224)
     return {'model': name, 'num_classes': int(weights[-1].shape[0]), 'zoo_file': True,
-            'input': {'shape': [3, 32, 32] if cifar else [3, 224, 224],
+            'input': {'shape': [3, size, size],
                       'mean': list(_CIFAR_MEAN if cifar else sources.IMAGENET_MEAN),
                       'std': list(_CIFAR_STD if cifar else sources.IMAGENET_STD), 'class_names': None}}
 

@@ -197,6 +197,8 @@ def load_data(args, workers=None, pretrained=None):
     ``pretrained``: the metadata of the checkpoint a run fine-tunes, whose input size and
     normalisation are the defaults then."""
     source = open_source(args)
+    if pretrained and pretrained.get('input'):  # grey data for an RGB model, or the reverse
+        source = sources.with_channels(source, pretrained['input']['shape'][0])
     classes = data.parse_classes(args.classes, source.num_classes)
     train_split = select(source.train, classes, args.shots, args.seed)
     test_split = select(source.test, classes, None, args.seed)
@@ -222,11 +224,12 @@ def load_data(args, workers=None, pretrained=None):
     # a step on a handful of examples can throw an adaptive optimizer far off (seen here:
     # LeNet on digits 0-4 fell from 99.7% to 88.6% test accuracy on a final batch of 4)
     batch_size = min(args.batch_size, len(train_split))
-    if source.in_memory and augment == 'none':  # standardised once, batched by fancy indexing
-        train = images.ArrayLoader(train_transform.standardise(_resized(train_split.images, size)),
+    if source.in_memory and augment == 'none' and tuple(source.size) == tuple(size) and \
+            source.channels == len(mean):  # standardised once, batched by fancy indexing
+        train = images.ArrayLoader(train_transform.standardise(train_split.images),
                                    train_split.labels, batch_size, seed=args.seed,
                                    last_batch='discard', shard=shard)
-        test = images.ArrayLoader(test_transform.standardise(_resized(test_split.images, size)),
+        test = images.ArrayLoader(test_transform.standardise(test_split.images),
                                   test_split.labels, 1000, shuffle=False)
     else:
         train = images.ImageLoader(train_split, train_transform, batch_size, seed=args.seed,
@@ -282,13 +285,6 @@ def normalization(args, source, pretrained=None):
                              % (source.spec, source.channels), ('normalize',))
         return sources.IMAGENET_MEAN, sources.IMAGENET_STD
     return source.mean, source.std
-
-
-def _resized(array, size):
-    """uint8 NxHxWxC at (height, width) ``size`` (in-memory sources at another size)."""
-    if array.shape[1:3] == tuple(size):
-        return array
-    return np.stack([images._resize(image, size) for image in array])
 
 
 def train(net, args, train_loader, test_loader, contexts, config, log_name, workers=None):

@@ -125,8 +125,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('shots', None, 'k training examples per class, chosen with --seed (default: all)',
             type=positive_int, group='data', resume=True),
     # fine-tuning
-    Setting('pretrained', None, 'checkpoint .params from mnist_pretrain.py (a stream without '
-            'it learns from scratch)', group='fine-tuning', recipes=('finetune', 'stream'),
+    Setting('pretrained', None, 'checkpoint .params from pretrain.py or mnist_pretrain.py, or a '
+            'model-zoo file NAME-HASH.params as GluonCV downloads it (a stream without it learns '
+            'from scratch)', group='fine-tuning', recipes=('finetune', 'stream'),
             required=('finetune',), resume=True, output='input-checkpoint'),
     Setting('features', 'lr_mult', 'freeze the feature extractor or scale its learning rate '
             '(default lr_mult)', group='fine-tuning', recipes=('finetune',),

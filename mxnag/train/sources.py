@@ -316,21 +316,9 @@ def _folder(spec, path, val_fraction, seed):
         train_idx, test_idx = _split(labels, val_fraction, seed, path, names)
         train_paths, train_labels = [paths[i] for i in train_idx], labels[train_idx]
         test_paths, test_labels = [paths[i] for i in test_idx], labels[test_idx]
-    channels = _first_channels(train_paths)
-    train_split = Split(train_labels, read=_FileReader(train_paths, channels), names=train_paths)
-    test_split = Split(test_labels, read=_FileReader(test_paths, channels), names=test_paths)
-    return _lazy_source(spec, names, channels, train_split, test_split, seed)
-
-
-def _first_channels(paths):
-    """The channels of the first image of ``paths`` that decodes (1 grey, 3 colour)."""
-    for path in paths:
-        try:
-            return decode(_read_bytes(path), path).shape[2]
-        except DataError:
-            continue
-    raise DataError('%s: none of its %d images decodes' % (os.path.dirname(os.path.dirname(paths[0])),
-                                                          len(paths)))
+    train_split = Split(train_labels, read=_FileReader(train_paths, None), names=train_paths)
+    test_split = Split(test_labels, read=_FileReader(test_paths, None), names=test_paths)
+    return _lazy_source(spec, names, train_split, test_split, seed)
 
 
 def _read_bytes(path):
@@ -360,37 +348,73 @@ def _split(labels, val_fraction, seed, where, names=None):
         if len(members) < 2:
             raise DataError('%s: class %s has %d image; a train/test split needs 2 or more'
                             % (where, names[c] if names else c, len(members)))
-        n_test = max(1, int(round(val_fraction * len(members))))
+        n_test = min(len(members) - 1, max(1, int(round(val_fraction * len(members)))))
         test.extend(members[:n_test])
         train.extend(members[n_test:])
     return np.sort(train), np.sort(test)
 
 
-def _lazy_source(spec, names, channels, train, test, seed):
-    """A source read image by image: size when the sampled images share one, mean/std
-    measured on up to ``_STATS_SAMPLE`` training images (seeded); those that do not
-    decode are listed in ``unreadable``."""
+def _lazy_source(spec, names, train, test, seed):
+    """A source read image by image, measured on up to ``_STATS_SAMPLE`` training images
+    (seeded): its channels (3 if any of them is in colour: grey images are then read as
+    RGB, else 1), its size when they share one, its per-channel mean and std; those that
+    do not decode are listed in ``unreadable``."""
     rng = np.random.RandomState(seed)
     sample = rng.choice(len(train), min(len(train), _STATS_SAMPLE), replace=False)
-    sums, squares, count, sizes, unreadable = np.zeros(channels), np.zeros(channels), 0, set(), []
+    sums = {1: np.zeros(1), 3: np.zeros(3)}
+    squares = {1: np.zeros(1), 3: np.zeros(3)}
+    counts, sizes, unreadable = {1: 0, 3: 0}, set(), []
     for i in sample:
         try:
             image = train.image(i).astype(np.float64) / 255.0
         except DataError:
             unreadable.append(train.where(i))
             continue
+        c = image.shape[2]
         sizes.add(image.shape[:2])
-        sums += image.sum((0, 1))
-        squares += (image ** 2).sum((0, 1))
-        count += image.shape[0] * image.shape[1]
-    if not count:
+        sums[c] += image.sum((0, 1))
+        squares[c] += (image ** 2).sum((0, 1))
+        counts[c] += image.shape[0] * image.shape[1]
+    if not counts[1] + counts[3]:
         raise DataError('%s: none of the %d images measured decodes (%s, ...)'
                         % (spec, len(sample), unreadable[0]))
-    mean = sums / count
-    std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+    channels = 3 if counts[3] else 1  # a grey image read as RGB has its value thrice
+    count = counts[1] + counts[3]
+    mean = (sums[3] + sums[1] if channels == 3 else sums[1]) / count
+    std = np.sqrt(np.maximum((squares[3] + squares[1] if channels == 3 else squares[1]) / count
+                             - mean ** 2, 1e-12))
+    for split in (train, test):
+        _set_channels(split.read, channels)
     size = sizes.pop() if len(sizes) == 1 else None
     return Source(spec, tuple(names), channels, size, tuple(mean), tuple(std), train, test,
                   tuple(unreadable))
+
+
+def with_channels(source, channels):
+    """``source`` read with ``channels`` (1 or 3) per image, as a pretrained model wants:
+    grey images repeated into RGB, colour ones turned grey (ITU-R 601 luma, as PIL's
+    'L'); the mean and std follow (grey from colour: the luma of the channels' values, an
+    approximation of the grey images' own)."""
+    if channels == source.channels:
+        return source
+    if channels not in (1, 3):
+        raise DataError('%s: cannot give a model %d-channel images' % (source.spec, channels))
+    luma = np.array([0.299, 0.587, 0.114])
+    if channels == 3:
+        mean, std = source.mean * 3, source.std * 3
+    else:
+        mean, std = (float(luma @ np.array(source.mean)),), (float(luma @ np.array(source.std)),)
+    splits = []
+    for split in (source.train, source.test):
+        if split.images is not None:
+            images = np.repeat(split.images, 3, axis=3) if channels == 3 else \
+                np.round(split.images @ luma)[..., None].astype(np.uint8)
+            splits.append(Split(split.labels, images=images, names=split.names))
+        else:
+            _set_channels(split.read, channels)
+            splits.append(split)
+    return Source(source.spec, source.class_names, channels, source.size, tuple(mean), tuple(std),
+                  splits[0], splits[1], source.unreadable)
 
 
 # -- RecordIO ------------------------------------------------------------------------------
@@ -423,7 +447,8 @@ class _RecordReader:
 
 
 def _record_file(prefix):
-    """``(reader, labels)`` of ``prefix.rec``/``.idx``: every record's label read once."""
+    """``(reader, labels, names)`` of ``prefix.rec``/``.idx``: every record's label read
+    once (the whole record is read for it: MXNet's reader has no header-only read)."""
     for ext in ('.rec', '.idx'):
         if not os.path.isfile(prefix + ext):
             other = '.idx' if ext == '.rec' else '.rec'
@@ -440,6 +465,7 @@ def _record_file(prefix):
     if not keys:
         raise DataError('%s.idx: no records' % prefix)
     reader = _RecordReader(prefix, keys)
+    names = ['%s.rec record %d' % (prefix, key) for key in keys]
     labels = []
     for i in range(len(keys)):
         header, _ = reader.record(i)
@@ -448,7 +474,7 @@ def _record_file(prefix):
             raise DataError('%s.rec: record %d has label %r, not a class index' % (prefix, keys[i], label))
         labels.append(int(label))
     reader._pid, reader._file = None, None  # closed: each process opens its own
-    return reader, np.array(labels, np.int32)
+    return reader, np.array(labels, np.int32), names
 
 
 def _record_names(prefix, labels):
@@ -468,31 +494,23 @@ def _record_names(prefix, labels):
 
 
 def _records(spec, path, val_fraction, seed):
+    for ext in ('.rec', '.idx'):  # rec:data/train.rec names the prefix data/train
+        if path.endswith(ext) and not os.path.isdir(path):
+            path = path[:-len(ext)]
     if os.path.isdir(path):
         test_name = next((n for n in ('test', 'val') if os.path.isfile(os.path.join(path, n + '.rec'))), 'test')
-        (train, train_labels), (test, test_labels) = (
+        (train, train_labels, train_names), (test, test_labels, test_names) = (
             _record_file(os.path.join(path, n)) for n in ('train', test_name))
         names = _record_names(os.path.join(path, 'train'), np.concatenate([train_labels, test_labels]))
-        train_split, test_split = Split(train_labels, read=train), Split(test_labels, read=test)
+        train_split = Split(train_labels, read=train, names=train_names)
+        test_split = Split(test_labels, read=test, names=test_names)
     else:
-        reader, labels = _record_file(path)
+        reader, labels, where = _record_file(path)
         names = _record_names(path, labels)
-        train_idx, test_idx = _split(labels, val_fraction, seed, path + '.rec')
-        whole = Split(labels, read=reader)
+        train_idx, test_idx = _split(labels, val_fraction, seed, path + '.rec', names)
+        whole = Split(labels, read=reader, names=where)
         train_split, test_split = whole.subset(train_idx), whole.subset(test_idx)
-    channels = _first_record_channels(train_split)
-    for split in (train_split, test_split):
-        _set_channels(split.read, channels)
-    return _lazy_source(spec, names, channels, train_split, test_split, seed)
-
-
-def _first_record_channels(split):
-    for i in range(len(split)):
-        try:
-            return split.image(i).shape[2]
-        except DataError:
-            continue
-    raise DataError('%s: none of its %d records decodes' % (split.where(0), len(split)))
+    return _lazy_source(spec, names, train_split, test_split, seed)
 
 
 def _set_channels(read, channels):

@@ -35,13 +35,14 @@ PIXELS = 28 * 28
 SOURCE_KINDS = ('mnist', 'data', 'stdin')  # or a data source's spec, e.g. folder:PATH
 
 
-def parse_line(line: str, known, channels: int = 1, base: str = '.'
+def parse_line(line: str, known, channels: int = 1, base: str = '.', numbered=()
                ) -> Tuple[Optional[np.ndarray], Optional[str], Optional[str]]:
     """One line of the stdin source: ``(image uint8 HxWxC, class name, None)``, or
     ``(None, None, reason)`` for a line to reject. A line is a JSON object with a
     ``label`` (a class name, or its number) and one of ``pixels`` (784 integers 0-255: a
     28x28 grey image), ``image`` (the path of an image file, relative to ``base``) or
-    ``png_base64`` (an encoded image, base64); ``known``: the stream's class names."""
+    ``png_base64`` (an encoded image, base64); ``known``: the stream's class names;
+    ``numbered``: the data source's class names, which a number may name instead."""
     try:
         record = json.loads(line)
     except ValueError as err:
@@ -52,6 +53,8 @@ def parse_line(line: str, known, channels: int = 1, base: str = '.'
     if isinstance(label, bool) or not isinstance(label, (int, str)):
         return None, None, 'label: want a class name or number, got %r' % (label,)
     name = str(label)
+    if name not in known and isinstance(label, int) and 0 <= label < len(numbered):
+        name = numbered[label]  # a class number of the data source
     if name not in known:
         return None, None, 'label %s is not a class of this stream (%s)' % (
             json.dumps(label), ','.join(sorted(known, key=_class_order)))
@@ -112,6 +115,9 @@ def _source_iter(split, pick, seed, start) -> Iterator[Tuple[np.ndarray, int]]:
 def open_source(args):
     """The stream's data source: ``args.source`` when it names one (``folder:PATH``, ...),
     else ``args.data`` or the MNIST family's ``args.dataset``."""
+    if args.source not in SOURCE_KINDS and args.source.partition(':')[0] not in sources.KINDS:
+        raise MxnagError("source: %r is not mnist, stdin or a data source (folder:PATH, rec:PREFIX, "
+                         "cifar10:PATH, ...)" % args.source, ('source',))
     spec = args.source if args.source not in SOURCE_KINDS else (args.data or args.dataset)
     return sources.parse(spec, args.data_dir, args.val_fraction, args.seed)
 
@@ -144,6 +150,8 @@ class Stream:
             self.net.initialize(mx.init.Xavier(), ctx=[self.context])
         self.classes = self.old_classes + [c for c in self.new_classes if c not in self.old_classes]
         self.index = {c: k for k, c in enumerate(self.classes)}
+        if meta and meta.get('input'):  # grey data for an RGB model, or the reverse
+            self.source = sources.with_channels(self.source, meta['input']['shape'][0])
         size = batch.input_size(args, self.source, meta)
         mean, std = batch.normalization(args, self.source, meta)
         self.transform = images.Transform(size, 'none', False, mean, std)
@@ -162,8 +170,11 @@ class Stream:
         replay = None
         if args.replay or args.reservoir:
             kept_x = kept_y = None
-            if args.replay and self.old_classes:
-                pick = self.examples_of(self.source.train, self.old_classes)
+            pick = self.examples_of(self.source.train, self.old_classes) if args.replay else []
+            if args.replay and self.old_classes and not len(pick):
+                log.warning('replay: %s has no training images of the checkpoint\'s classes (%s); '
+                            'nothing of them is replayed', self.source.spec, ','.join(self.old_classes))
+            elif args.replay and self.old_classes:
                 pick = np.random.RandomState([args.seed, 1]).choice(
                     pick, min(args.replay, len(pick)), replace=False)
                 kept_x = self.prepare([self.source.train.image(i) for i in pick])
@@ -201,6 +212,8 @@ class Stream:
             return None
         test = self.source.test
         pick = self.examples_of(test, classes)
+        if not len(pick):  # the source has no test images of these classes
+            return None
         labels = np.array([self.index[self.name_of(test, i)] for i in pick])
         pictures = test.images[pick] if test.images is not None else [test.image(i) for i in pick]
         return online.evaluate_classes(self.net, self.prepare(pictures), labels, self.context)
@@ -217,6 +230,10 @@ def _pretrained_classes(meta, names, path):
     recorded = (meta.get('input') or {}).get('class_names')
     if recorded:
         classes = list(recorded)
+    elif meta.get('zoo_file'):
+        raise MxnagError('%s: a model-zoo file names no classes; a stream goes on from an mxnag '
+                         'checkpoint (fine-tune the zoo model with finetune.py first)' % path,
+                         ('pretrained',))
     else:
         picked = data.parse_classes(meta['config'].get('classes'), len(names))
         classes = [names[c] for c in picked] if picked else list(names)
@@ -244,6 +261,10 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
                               'mxnag_version': __version__,
                               'rejected': stream.rejected, 'model': args.model,
                               'num_classes': len(stream.classes), 'epoch': learner.updates,
+                              'input': {'shape': list(stream.input_shape),
+                                        'mean': [float(m) for m in stream.transform.mean.ravel()],
+                                        'std': [float(v) for v in stream.transform.std.ravel()],
+                                        'class_names': list(stream.classes)},
                               'old_classes_test_accuracy_before': stream.old_before})
         checkpoint.prune(args.checkpoint_dir, args.keep)
 
@@ -346,7 +367,7 @@ def _learn_stdin(stream, args, out, after_update):
             continue
         stream.position += 1
         arrival = time.perf_counter()
-        image, name, reason = parse_line(line, known, channels)
+        image, name, reason = parse_line(line, known, channels, numbered=stream.source.class_names)
         if reason is None and image.shape[2] != channels:
             reason = 'a %d-channel image; this stream\'s have %d' % (image.shape[2], channels)
         if reason is not None:
