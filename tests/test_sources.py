@@ -557,3 +557,12 @@ def test_inception_zoo_file_is_made_for_299(tmp_path):
     path = tmp_path / 'inceptionv3-0123abcd.params'
     mx.nd.save(str(path), {'output.weight': mx.nd.zeros((1000, 2048)), 'output.bias': mx.nd.zeros((1000,))})
     assert finetune.pretrained_meta(str(path))['input']['shape'] == [3, 299, 299]
+
+
+def test_distributed_workers_take_no_max_bad_images(tmp_path, rng):
+    from types import SimpleNamespace
+    from mxnag.errors import MxnagError
+    args = settings.namespace('pretrain', data='folder:%s' % image_folder(str(tmp_path), rng),
+                              max_bad_images=1, model='mlp', batch_size=8)
+    with pytest.raises(MxnagError, match='max_bad_images: skipping images needs one process'):
+        run.load_data(args, workers=SimpleNamespace(rank=0, num_workers=2))

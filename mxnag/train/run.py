@@ -213,6 +213,9 @@ def load_data(args, workers=None, pretrained=None):
     train_transform, test_transform = (images.Transform(size, augment, training, mean, std)
                                        for training in (True, False))
     shard = (workers.rank, workers.num_workers) if workers else (0, 1)
+    if args.max_bad_images and shard[1] > 1:  # a worker skipping a step leaves dist_sync waiting
+        raise MxnagError('max_bad_images: skipping images needs one process; distributed workers '
+                         'would not step together', ('max_bad_images',))
     bad_images = images.BadImages(args.max_bad_images)
     if len(source.unreadable) > args.max_bad_images:
         raise MxnagError('%s: does not decode (%d of the images measured do not; max_bad_images is %d)'
