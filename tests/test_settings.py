@@ -14,7 +14,7 @@ RESUME_KEYS = ('model', 'dataset', 'classes', 'shots', 'optimizer', 'lr', 'opt_a
                # the data sources' (mxnag.train.sources)
                'data', 'val_fraction', 'input_size', 'augment', 'normalize',
                # a stream's (mnist_stream.py)
-               'source', 'replay', 'reservoir', 'arrival_batch', 'replay_batch')
+               'source', 'grow', 'replay', 'reservoir', 'arrival_batch', 'replay_batch')
 
 
 def parse(recipe, *argv):

@@ -33,11 +33,11 @@ def write_image(path, image, image_format='PNG'):
     Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(path, format=image_format)
 
 
-def image_folder(root, rng, split=True, channels=3, image_format='PNG', count=24):
+def image_folder(root, rng, split=True, channels=3, image_format='PNG', count=24, size=(12, 10)):
     names = ['cat', 'dog', 'fox']
     ext = '.png' if image_format == 'PNG' else '.jpg'
     for part in (['train', 'test'] if split else ['']):
-        x, y = pictures(rng, count, channels=channels)
+        x, y = pictures(rng, count, size=size, channels=channels)
         for k, (image, label) in enumerate(zip(x, y)):
             write_image(os.path.join(root, part, names[label], '%03d%s' % (k, ext)), image, image_format)
     return root
@@ -162,6 +162,37 @@ def test_cifar_files(tmp_path, rng, version, fine):
     np.testing.assert_allclose(source.mean, (want_x.reshape(-1, 3) / 255.0).mean(0))
 
 
+def test_cifar_download_is_checked_and_extracted_whole(tmp_path, rng, monkeypatch):
+    """--download (here from a file:// URL standing for CIFAR's own): the archive's folder
+    lands in PATH and reads as the files do; a wrong MD5 or a failed fetch is named and
+    leaves nothing behind; without --download nothing is fetched."""
+    import hashlib
+    import tarfile
+    written, train_files, _, names = cifar_files(str(tmp_path / 'made'), rng)
+    archive = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(tmp_path / 'made' / 'cifar-10-batches-py', 'cifar-10-batches-py')
+        tar.add(tmp_path / 'made' / 'cifar-10-batches-py' / 'test_batch', 'elsewhere/test_batch')
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    url = archive.as_uri()
+    target = tmp_path / 'data'
+    with pytest.raises(DataError, match='the downloaded file has MD5 %s, not 0123' % md5):
+        sources.download_cifar('cifar10', str(target), url, '0123')
+    assert os.listdir(target) == []
+    with pytest.raises(DataError, match='download failed'):
+        sources.download_cifar('cifar10', str(target), url + '.missing', md5)
+    assert os.listdir(target) == []
+    with pytest.raises(DataError, match='no CIFAR10 files'):
+        sources.parse('cifar10:%s' % target)  # nothing is fetched without download
+    monkeypatch.setitem(sources.CIFAR_ARCHIVES, 'cifar10', (url, md5))
+    source = sources.parse('cifar10:%s' % target, download=True)
+    assert os.listdir(target) == ['cifar-10-batches-py']
+    assert source.class_names == tuple(names)
+    np.testing.assert_array_equal(source.train.images, np.concatenate([written[f][0] for f in train_files]))
+    archive.write_bytes(b'not this')  # found now: not fetched again
+    assert sources.parse('cifar10:%s' % target, download=True).class_names == tuple(names)
+
+
 def test_mnist_source_is_the_idx_path_bit_for_bit(mnist_dir):
     source = sources.parse('mnist', mnist_dir)
     assert source.class_names == tuple('0123456789') and source.in_memory and source.channels == 1
@@ -282,6 +313,30 @@ def test_pretrain_and_finetune_on_each_source(tmp_path, rng, kind):
            '--epochs', 1, '--batch-size', 6, '--no-progress', '--out', tmp_path / 'f.json')
     tuned = json.loads((tmp_path / 'f.json').read_text())
     assert tuned['config']['num_classes'] == 2 and tuned['class_names'] == result['class_names'][:2]
+
+
+def test_the_optimizer_sweep_on_a_folder(tmp_path, rng):
+    """compare_optimizers.py --data: shapes and classes from the source; --tune validates on
+    a sixth of each class of the training images; --target times the runs."""
+    spec = 'folder:%s' % image_folder(str(tmp_path / 'd'), rng, count=36, size=(28, 28))
+    proc = recipe('compare_optimizers.py', '--data', spec, '--models', 'lenet', '--optimizers',
+                  'adanag', '--tune', '--out-dir', tmp_path)
+    tuned = json.loads((tmp_path / 'tuned_lr.json').read_text())
+    assert list(tuned) == ['lenet'] and tuned['lenet']['adanag'] in (1e-3, 2e-3, 4e-3)
+    assert proc.stdout.count('tune lenet adanag') == 3
+    recipe('compare_optimizers.py', '--data', spec, '--models', 'lenet,mlp', '--optimizers',
+           'adanag,sgd', '--seeds', 1, '--epochs', 2, '--lrs', tmp_path / 'tuned_lr.json',
+           '--target', 'mlp=0.01', '--out-dir', tmp_path)
+    result = json.loads((tmp_path / 'sweep.json').read_text())
+    assert result['data'] == spec and result['targets'] == {'mlp': 0.01}
+    lrs = {(r['model'], r['optimizer']): r['lr'] for r in result['runs']}
+    assert lrs == {('lenet', 'adanag'): tuned['lenet']['adanag'], ('lenet', 'sgd'): 0.01,
+                   ('mlp', 'adanag'): 2e-3, ('mlp', 'sgd'): 0.01}  # tuned, else the defaults
+    mlp = [r for r in result['runs'] if r['model'] == 'mlp']
+    assert all(r['epochs_to_target'] == 1 for r in mlp)
+    assert '| lenet | adanag |' in (tmp_path / 'sweep.md').read_text()
+    bad = recipe('compare_optimizers.py', '--data', spec, '--target', 'vgg=0.5', check=False)
+    assert bad.returncode == 2 and "--target: 'vgg=0.5': want one of --models" in bad.stderr
 
 
 def test_the_mnist_presets_and_data_mnist_are_one_run(tmp_path, mnist_dir):
@@ -488,6 +543,20 @@ def test_stdin_stream_of_image_files_and_base64_with_class_names(tmp_path, rng):
     assert [p['label'] for p in predictions] == ['cat', 'dog', 'fox'] * 4
     assert 'line 13 rejected: label "wolf" is not a class of this stream (cat,dog,fox)' in proc.stderr
     assert json.loads((tmp_path / 'r.json').read_text())['rejected'] == 1
+    # recipes/stream.py, with --grow: the wolf is a new class, learned from then on
+    lines += [json.dumps({'image': full, 'label': 'wolf'})] * 3 + lines[:4]
+    proc = subprocess.run([sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'stream.py'),
+                           '--source', 'stdin', '--grow', '--data', 'folder:%s' % root, '--classes',
+                           'all', '--model', 'mlp', '--arrival-batch', '4', '--reservoir', '8',
+                           '--no-progress', '--out', str(tmp_path / 'g.json')],
+                          input='\n'.join(lines) + '\n', capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(predictions) == 20 and [p['label'] for p in predictions[12:16]] == ['wolf'] * 4
+    assert 'class "wolf" added: output 3' in proc.stderr and 'test accuracy' in proc.stderr
+    result = json.loads((tmp_path / 'g.json').read_text())
+    assert result['class_names'] == ['cat', 'dog', 'fox', 'wolf'] and result['grown_classes'] == ['wolf']
+    assert result['rejected'] == 0 and result['examples_learned'] == 20
 
 
 # -- channels, names and edges the review found ----------------------------------------------

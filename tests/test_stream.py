@@ -83,6 +83,73 @@ def test_growing_the_output_layer_keeps_the_rows_it_knows(rng):
         online.grow_output(net, 3, [mx.cpu()])
 
 
+@pytest.mark.parametrize('optimizer', ['adanag', 'adam', 'sgd'])
+def test_growing_while_learning_keeps_the_optimizer_states(rng, tmp_path, optimizer):
+    """OnlineLearner.grow: every other parameter keeps its state objects, the output
+    layer's states keep their rows and start at zero for the new classes, the step
+    count goes on; the next step equals that of a new Trainer loading the grown
+    trainer's saved states (MXNet's own path, which --resume takes)."""
+    net = models.get_model('mlp', 3)
+    mx.random.seed(1)
+    net.initialize(mx.init.Xavier())
+    params = {'learning_rate': 0.01, 'momentum': 0.9} if optimizer == 'sgd' else {'learning_rate': 0.01}
+    learner = online.OnlineLearner(net, gluon.Trainer(net.collect_params(), optimizer, params),
+                                   mx.cpu(), window=8)
+    x, y = batch(rng, 8)
+    for _ in range(2):
+        learner.learn(x, y % 3)
+    params_before = learner.trainer._params
+    before = {id(params_before[i]): s for i, s in learner.trainer._updaters[0].states.items()}
+    old_head = [a.asnumpy() for a in _arrays(before[id(net.output.weight)])]
+    learner.grow(5, seed=3)
+    states = learner.trainer._updaters[0].states
+    for i, param in enumerate(learner.trainer._params):
+        if param not in (net.output.weight, net.output.bias):
+            assert states[i] is before[id(param)] and param in params_before
+    head_index = learner.trainer._params.index(net.output.weight)
+    assert net.output.weight.shape[0] == 5
+    grown = [a.asnumpy() for a in _arrays(states[head_index])]
+    assert len(grown) == len(old_head) == {'adanag': 3, 'adam': 2, 'sgd': 1}[optimizer]
+    for old, new in zip(old_head, grown):
+        if old.shape == (2,) and old.dtype == np.float64:  # adanag's step count
+            np.testing.assert_array_equal(new, old)
+            continue
+        np.testing.assert_array_equal(new[:3], old)
+        assert new.shape[0] == 5 and not new[3:].any()
+    learner.trainer.save_states(str(tmp_path / 'grown.states'))
+    snapshot = [p.data().copy() for p in net.collect_params().values()]
+    learner.learn(x, y % 5)
+    after = [p.data().asnumpy() for p in net.collect_params().values()]
+    for p, value in zip(net.collect_params().values(), snapshot):
+        p.set_data(value)
+    reloaded = gluon.Trainer(net.collect_params(), optimizer, params)
+    reloaded.load_states(str(tmp_path / 'grown.states'))
+    online.OnlineLearner(net, reloaded, mx.cpu(), window=8).learn(x, y % 5)
+    for a, p in zip(after, net.collect_params().values()):
+        np.testing.assert_array_equal(a, p.data().asnumpy())
+
+
+def test_growing_to_as_many_classes_changes_nothing(rng):
+    """A new output layer with the same rows and a new trainer with the states carried:
+    the next steps are those of the learner left alone, bit for bit."""
+    x, y = batch(rng, 8)
+    weights = []
+    for grow in (False, True):
+        learner = make_learner(classes=3, seed=2)
+        for step in range(4):
+            if grow and step == 2:
+                learner.grow(3, seed=5)
+            learner.learn(x, y % 3)
+        weights.append([p.data().asnumpy() for p in learner.net.collect_params().values()])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def _arrays(state):
+    items = state if isinstance(state, (tuple, list)) else [state]
+    return [a for a in items if isinstance(a, mx.nd.NDArray)]
+
+
 def test_the_reservoir_keeps_each_example_with_equal_chance():
     """Algorithm R: after 1000 offers a reservoir of 100 holds each with chance 1/10."""
     counts = np.zeros(1000)
@@ -142,6 +209,19 @@ def test_a_bad_line_is_rejected_with_its_reason(line, reason):
     assert why is None and label == '3' and image.shape == (28, 28, 1)
 
 
+def test_with_grow_a_line_of_a_new_class_names_it(tmp_path):
+    known = {'0', '1'}
+    image, label, why = stream.parse_line(json.dumps(dict(GOOD, label='sandal')), known, grow=True)
+    assert why is None and label == 'sandal' and image.shape == (28, 28, 1)
+    assert stream.parse_line(json.dumps(dict(GOOD, label='sandal')), known)[2].startswith(
+        'label "sandal" is not a class of this stream')
+    assert stream.parse_line(json.dumps(dict(GOOD, label=' ')), known, grow=True)[2] == \
+        'label: a class name cannot be empty'
+    proc = subprocess.run([sys.executable, RECIPE, '--grow', '--source', 'mnist'],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'grow: adds the classes that stdin lines name' in proc.stderr
+
+
 @pytest.fixture(scope='module')
 def mnist_lines():
     """300 test images of MNIST as stdin lines (labels 0-9)."""
@@ -182,12 +262,32 @@ def test_stdin_stream_predicts_each_line_and_rejects_bad_ones(tmp_path, mnist_li
 def test_killed_mid_stream_and_resumed_ends_with_the_same_weights(tmp_path, mnist_lines):
     """kill -9 after a checkpoint, then --resume with the input from its first line: the
     final checkpoint equals an uninterrupted run's, bit for bit."""
-    full = subprocess.run(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'a',
-                                      '--checkpoint-every', 5),
-                          input=''.join(mnist_lines), capture_output=True, text=True, timeout=300)
+    _killed_and_resumed(tmp_path, mnist_lines, stream_args)
+
+
+def test_a_stream_that_grows_classes_resumes_exactly(tmp_path, mnist_lines):
+    """--grow: lines of classes the model does not know add them (the digits 5-9 to a
+    model of 0-4, then two named classes after the kill point); killed and resumed, the
+    stream ends with an uninterrupted run's weights and classes."""
+    lines = mnist_lines[:200] + [
+        json.dumps(dict(json.loads(line), label='ten' if k % 2 else 'eleven')) + '\n'
+        for k, line in enumerate(mnist_lines[200:])]
+
+    def args(tmp_path, *extra):
+        return [a if a != '0-9' else '0-4' for a in stream_args(tmp_path, '--grow', *extra)]
+    meta = _killed_and_resumed(tmp_path, lines, args)
+    classes = meta['input']['class_names']
+    assert classes[:5] == ['0', '1', '2', '3', '4'] and sorted(classes[5:10]) == list('56789')
+    assert classes[10:] == ['eleven', 'ten'] and meta['num_classes'] == 12
+
+
+def _killed_and_resumed(tmp_path, lines, make_args):
+    full = subprocess.run(make_args(tmp_path, '--checkpoint-dir', tmp_path / 'a',
+                                    '--checkpoint-every', 5),
+                          input=''.join(lines), capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-3000:]
-    proc = subprocess.Popen(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'b',
-                                        '--checkpoint-every', 5),
+    proc = subprocess.Popen(make_args(tmp_path, '--checkpoint-dir', tmp_path / 'b',
+                                      '--checkpoint-every', 5),
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     fed = 0
@@ -195,16 +295,16 @@ def test_killed_mid_stream_and_resumed_ends_with_the_same_weights(tmp_path, mnis
     while not os.path.exists(tmp_path / 'b' / 'epoch-0010.json'):  # after 10 updates
         assert time.time() < deadline and proc.poll() is None
         if fed < 200:
-            proc.stdin.write(mnist_lines[fed])
+            proc.stdin.write(lines[fed])
             proc.stdin.flush()
             fed += 1
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert fed < 200  # killed mid-stream
-    resumed = subprocess.run(stream_args(tmp_path, '--checkpoint-dir', tmp_path / 'b',
-                                         '--checkpoint-every', 5, '--resume'),
-                             input=''.join(mnist_lines), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(make_args(tmp_path, '--checkpoint-dir', tmp_path / 'b',
+                                       '--checkpoint-every', 5, '--resume'),
+                             input=''.join(lines), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'resuming from' in resumed.stderr
     last = 'epoch-%04d' % 38  # 300 examples: 37 updates of 8 and one of 4
@@ -217,6 +317,8 @@ def test_killed_mid_stream_and_resumed_ends_with_the_same_weights(tmp_path, mnis
     meta_b = json.loads((tmp_path / 'b' / (last + '.json')).read_text())
     assert meta_a['stream']['correct'] == meta_b['stream']['correct']
     assert meta_a['position'] == meta_b['position'] == 300
+    assert meta_a['input'] == meta_b['input']
+    return meta_b
 
 
 def test_tensorboard_shows_the_stream(tmp_path, mnist_lines):

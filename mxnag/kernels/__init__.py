@@ -118,6 +118,27 @@ def update(rule, weight, grad, state, scalars):
                  {name: [value] if name in per_tensor else value for name, value in scalars.items()})
 
 
+def _parts(rule, placement, masters):
+    """The group split for its operator calls: ``{(backend, device type id, device id, has
+    a master weight, dtype): indices of its weights, or None for the whole group}``."""
+    backends = {}  # (dtype, device type id, device id, master dtype) -> backend
+    places = []
+    for k, (dtype, context, _) in enumerate(placement):
+        master_dtype = masters[k].dtype if masters is not None and masters[k] is not None else None
+        key = (dtype, context.device_typeid, context.device_id, master_dtype)
+        backend = backends.get(key)
+        if backend is None:
+            backend = backends[key] = _backend(rule, dtype, context.device_type, master_dtype)
+        # dtype too: an operator call (a CUDA launch) reads its whole group as one type
+        places.append((backend, key[1], key[2], master_dtype is not None, dtype))
+    if all(place == places[0] for place in places):
+        return {places[0]: None}  # None: the whole group
+    parts = {}
+    for k, place in enumerate(places):
+        parts.setdefault(place, []).append(k)
+    return parts
+
+
 def multi_update(rule, weights, grads, states, scalars, *, masters=None, placement=None,
                  steps=None):
     """One step of ``rule`` for a group of parameters, in place.
@@ -146,23 +167,7 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
             and (masters is None or len(masters) == count)):
         raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
                          'scalar need one entry per weight (%d)' % (rule.name, count))
-    backends = {}  # (dtype, device type id, device id, master dtype) -> backend
-    places = []  # per weight: (backend, device type id, device id, has a master weight, dtype)
-    for k, (dtype, context, _) in enumerate(placement):
-        master_dtype = masters[k].dtype if masters is not None and masters[k] is not None else None
-        key = (dtype, context.device_typeid, context.device_id, master_dtype)
-        backend = backends.get(key)
-        if backend is None:
-            backend = backends[key] = _backend(rule, dtype, context.device_type, master_dtype)
-        # dtype too: an operator call (a CUDA launch) reads its whole group as one type
-        places.append((backend, key[1], key[2], master_dtype is not None, dtype))
-    if all(place == places[0] for place in places):
-        parts = {places[0]: None}  # None: the whole group
-    else:
-        parts = {}
-        for k, place in enumerate(places):
-            parts.setdefault(place, []).append(k)
-    for (backend, _, _, has_master, _), members in parts.items():
+    for (backend, _, _, has_master, _), members in _parts(rule, placement, masters).items():
         if members is None:
             pick = list
         else:

@@ -115,7 +115,7 @@ def find_dataset(name, data_dir=None, download=True):
         if _complete(directory, info):
             return directory
     if not download:
-        raise DataError('%s not found in %s' % (name, ', '.join(candidates)))
+        raise DataError('%s not found in %s (--download fetches it)' % (name, ', '.join(candidates)))
     _download(info, home)
     return home
 

@@ -84,16 +84,22 @@ def model_names():
     return list(MXNAG_MODELS) + sorted(model_zoo.get_model_list())
 
 
+def check_model(name):
+    """MxnagError unless ``name`` is one of mxnag's models or a GluonCV zoo classifier."""
+    if name in _BUILDERS:
+        return
+    if name.lower() not in gluoncv_model_zoo().get_model_list():
+        raise MxnagError('unknown model %r; use mlp, lenet, seed-cnn or a GluonCV model '
+                         'zoo classifier (e.g. resnet18_v1)' % name)
+
+
 def get_model(name, classes=10, hybridize=True):
     """A new, uninitialised classifier ``name`` with ``classes`` outputs."""
+    check_model(name)
     if name in _BUILDERS:
         net = Classifier(_BUILDERS[name](), classes, prefix=name.replace('-', '_') + '_')
     else:
-        model_zoo = gluoncv_model_zoo()
-        if name.lower() not in model_zoo.get_model_list():
-            raise MxnagError('unknown model %r; use mlp, lenet, seed-cnn or a GluonCV model '
-                             'zoo classifier (e.g. resnet18_v1)' % name)
-        net = model_zoo.get_model(name, classes=classes, pretrained=False)
+        net = gluoncv_model_zoo().get_model(name, classes=classes, pretrained=False)
     if hybridize:  # static memory and shapes: 7% faster (MXNet's CachedOp plans once)
         net.hybridize(static_alloc=True, static_shape=True)
     return net

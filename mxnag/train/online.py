@@ -13,6 +13,7 @@ from it, keeps what it knew with a replay memory, and can stop and resume mid-st
   stream's own (Vitter's algorithm R), and draws from both, with its own seeded random
   state;
 * ``grow_output`` gives a network more classes, keeping the rows of those it knows;
+  ``OnlineLearner.grow`` does it while learning, carrying the optimizer's states over;
 * ``save``/``restore`` write and read a checkpoint in the recipes' format (parameters,
   optimizer states, the replay memory, and the stream's position, counters and random
   state in the checksummed metadata), so a resumed stream ends exactly where an
@@ -50,6 +51,24 @@ def grow_output(net, classes: int, contexts, seed: int = 0) -> nn.Dense:
         head.bias.data(ctx)[:known] = bias.as_in_context(ctx)
     setattr(net, attr, head)
     return head
+
+
+def _grown_state(state, shape, step_count: bool):
+    """An output layer's optimizer state for ``shape`` (more rows): each array of the old
+    shape copied into zeros of the new one; an mxnag optimizer's step count (``step_count``:
+    the tuple's last item) as it is."""
+    def grown(array):
+        if not isinstance(array, nd.NDArray) or array.shape[1:] != tuple(shape[1:]) \
+                or array.shape[0] >= shape[0]:
+            return array
+        out = nd.zeros(shape, ctx=array.context, dtype=array.dtype)
+        out[:array.shape[0]] = array
+        return out
+    if isinstance(state, (tuple, list)):
+        items = list(state)
+        kept = [items.pop()] if step_count and items else []
+        return type(state)([_grown_state(s, shape, False) for s in items] + kept)
+    return grown(state)
 
 
 class ReplayMemory:
@@ -191,6 +210,41 @@ class OnlineLearner:
         if self.replay is not None:
             self.replay.add(x, y)
         return predictions
+
+    def grow(self, classes: int, seed: int = 0) -> None:
+        """Give the model ``classes`` outputs while it learns (``grow_output``), through a
+        new ``gluon.Trainer`` on the same optimizer object (its settings and step counts):
+        every other parameter keeps its optimizer states, the output layer's states keep
+        their rows for the classes it knew and start at zero for the new ones. The new
+        trainer orders the parameters as any ``gluon.Trainer`` of the net does (by name),
+        so its saved states load into one (``--resume``)."""
+        old_params, updater = self.trainer._params, self.trainer._updaters[0]
+        old = getattr(self.net, models.output_layer_name(self.net))
+        head = grow_output(self.net, classes, [self.context], seed)
+        successor = {id(old.weight): head.weight, id(old.bias): head.bias}
+        optimizer = self.trainer._optimizer
+        trainer = gluon.Trainer(self.net.collect_params(), optimizer, kvstore=None)
+        # a Trainer given an optimizer object takes its rescale_grad, which step() has
+        # set to scale / batch size, as its scale
+        trainer._scale = self.trainer._scale
+        position = {id(p): i for i, p in enumerate(trainer._params)}
+        moved = {i: position[id(successor.get(id(p), p))] for i, p in enumerate(old_params)}
+        step_count = getattr(optimizer, 'rule', None) is not None  # mxnag: the last state
+        new_updater = trainer._updaters[0]
+        for index, state in updater.states.items():
+            if id(old_params[index]) in successor:
+                state = _grown_state(state, trainer._params[moved[index]].shape, step_count)
+            new_updater.states[moved[index]] = state
+        new_updater.states_synced = {moved[i]: v for i, v in updater.states_synced.items()}
+        for key, counts in list(optimizer._all_index_update_counts.items()):
+            remapped = {moved.get(i, i): n for i, n in counts.items()}
+            optimizer._all_index_update_counts[key] = remapped
+            if counts is optimizer._index_update_count:
+                optimizer._index_update_count = remapped
+        if hasattr(optimizer, '_arrays'):  # mxnag: arrays cached per index
+            optimizer._arrays = {}
+        self.trainer = trainer
+        self.net.hybridize()
 
     def metrics(self) -> dict:
         """Prequential accuracy, the windowed curve, update latency percentiles (ms) and

@@ -1,10 +1,13 @@
-"""The batch recipes as library code: pretraining and fine-tuning on any data source
-(``recipes/pretrain.py``, ``recipes/finetune.py``, and their MNIST presets
-``recipes/mnist_pretrain.py``, ``recipes/mnist_finetune.py``, which are the same runs)."""
+"""The recipes as library code: pretraining, fine-tuning and the stream on any data
+source (``recipes/pretrain.py``, ``recipes/finetune.py``, ``recipes/stream.py``, and their
+MNIST presets ``recipes/mnist_pretrain.py``, ``recipes/mnist_finetune.py``,
+``recipes/mnist_stream.py``, which are the same runs)."""
 import argparse
+import sys
 import time
 
-from . import checkpoint, cli, finetune as finetuning, run, settings
+from . import checkpoint, cli, extras, finetune as finetuning, run, settings, stream as streaming
+from ..errors import MxnagError
 
 
 def pretrain(args):
@@ -59,11 +62,44 @@ def finetune(args):
     return result
 
 
+def stream(args):
+    """The stream recipe's run as ``args`` say (one stream, or ``--compare``); its line."""
+    if args.grow and args.source != 'stdin':
+        raise MxnagError('grow: adds the classes that stdin lines name; with --source %s every '
+                         'class is known at the start' % args.source, ('grow', 'source'))
+    if args.tensorboard:
+        extras.require('tensorboardX', 'TensorBoard logs', ('tensorboard',), extra='tensorboard')
+    if args.resume and not args.checkpoint_dir:
+        raise MxnagError('resume: needs checkpoint_dir', ('resume',))
+    if args.compare:
+        if not args.out_dir:
+            raise MxnagError('compare: needs out_dir', ('compare', 'out_dir'))
+        if args.source == 'stdin':
+            raise MxnagError('compare: runs the same stream several times: source cannot be stdin',
+                             ('compare', 'source'))
+        extras.require('matplotlib', 'the comparison plot')
+        run.check_outputs(args)
+        with run.writing(args):
+            return streaming.compare(args)['table']
+    run.check_outputs(args)
+    with run.writing(args):
+        result = streaming.run(args)
+        if args.out:
+            checkpoint.write_json(args.out, result)
+    return ('stream: %d examples learned, prequential accuracy %.4f, test accuracy %.4f, '
+            'update latency p99 %.1f ms' % (result['examples_learned'], result['prequential_accuracy'],
+                                            result['test_accuracy'], result['update_latency_ms']['p99']))
+
+
 def main(recipe, doc, argv=None):
     """A recipe script's whole run: its options parsed (described by the script's
-    ``doc``), the run, its lines on stdout; the exit status."""
+    ``doc``), the run, its lines on stdout (a stdin stream's on stderr: its stdout is the
+    predictions); the exit status."""
     args = cli.parser_for(recipe, doc).parse_args(argv)
-    if recipe == 'pretrain':
+    if recipe == 'stream':
+        line = stream(args)
+        print(line, file=sys.stderr if args.source == 'stdin' and not args.compare else sys.stdout)
+    elif recipe == 'pretrain':
         result = pretrain(args)
         print('test accuracy %.4f after %d epochs' % (result['test_accuracy'], result['epochs_run']))
     else:

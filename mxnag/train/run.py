@@ -189,14 +189,14 @@ def prepare(args):
     return (contexts, workers) + load_data(args, workers=workers, pretrained=pretrained)
 
 
-def load_data(args, workers=None, pretrained=None):
+def load_data(args, workers=None, pretrained=None, source=None):
     """``(train_loader, test_loader, num_classes)`` for the data settings of ``args`` (the
     source, its classes and shots, input size, transforms, normalisation); with
     ``workers``, the training loader yields this worker's slice of each batch. The
     loaders also carry ``input_shape``, ``mean``, ``std`` and ``class_names``.
     ``pretrained``: the metadata of the checkpoint a run fine-tunes, whose input size and
-    normalisation are the defaults then."""
-    source = open_source(args)
+    normalisation are the defaults then. ``source``: the data (default ``open_source(args)``)."""
+    source = source or open_source(args)
     if pretrained and pretrained.get('input'):  # grey data for an RGB model, or the reverse
         source = sources.with_channels(source, pretrained['input']['shape'][0])
     classes = data.parse_classes(args.classes, source.num_classes)
@@ -251,7 +251,8 @@ def open_source(args):
     name), ``DataError`` naming what is wrong with it."""
     if args.data and args.dataset != 'mnist':
         raise MxnagError('data: give it or dataset, not both', ('data', 'dataset'))
-    return sources.parse(args.data or args.dataset, args.data_dir, args.val_fraction, args.seed)
+    return sources.parse(args.data or args.dataset, args.data_dir, args.val_fraction, args.seed,
+                         args.download)
 
 
 def select(split, classes, shots, seed):

@@ -94,6 +94,10 @@ SETTINGS: Tuple[Setting, ...] = (
             'train/ and test/ inside, or split by --val-fraction) or rec:PREFIX (im2rec\'s '
             'PREFIX.rec and .idx) (default: --dataset)', group='data', resume=True, recipes=RECIPES,
             metavar='SPEC'),
+    Setting('download', False, 'fetch the data set where it is not found: mnist and '
+            'fashion-mnist from their mirrors into ~/.mxnet/datasets, cifar10:PATH and '
+            'cifar100:PATH (the python version, MD5-checked) into PATH (nothing is downloaded '
+            'without it)', action='store_true', group='data', config=False, recipes=RECIPES),
     Setting('val_fraction', 0.1, 'of each class of a folder or record file with no test split: '
             'the part kept for testing, chosen with --seed (default %(default)s)',
             type=float, group='data', resume=True, recipes=RECIPES),
@@ -118,7 +122,7 @@ SETTINGS: Tuple[Setting, ...] = (
             recipes=BATCH),
     Setting('data_dir', None, 'directory holding the four IDX files (.gz or raw); default: '
             '$MXNAG_DATA_DIR/<dataset>, ~/.mxnet/datasets/<dataset>, /usr/share/datasets/<dataset>, '
-            'else download', group='data', config=False, recipes=RECIPES),
+            'else --download', group='data', config=False, recipes=RECIPES),
     Setting('classes', None, "classes to keep, relabelled from 0: '0-4', '3,8' (default: all); "
             "of a stream: the classes it brings (default 5-9 for a stream)",
             group='data', defaults={'finetune': '5-9', 'stream': '5-9'}, resume=True, recipes=RECIPES),
@@ -181,6 +185,10 @@ SETTINGS: Tuple[Setting, ...] = (
             '(one JSON object a line: {"label": a class name or number, and "pixels": [784 '
             'integers 0-255] or "image": "a/file.png" or "png_base64": "..."}; a prediction '
             'a line on stdout)', group='stream', recipes=('stream',), resume=True, metavar='SOURCE'),
+    Setting('grow', False, 'with --source stdin: a line whose label is not a class of the model '
+            'adds that class (a new output; the rows of the known classes and their optimizer '
+            'states are kept) instead of being rejected', action='store_true', group='stream',
+            recipes=('stream',), resume=True),
     Setting('replay', 2000, 'examples of the checkpoint\'s classes kept and mixed into every '
             'update (0: none; default %(default)s)', type=nonnegative_int, group='stream',
             recipes=('stream',), resume=True),

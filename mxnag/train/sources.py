@@ -2,10 +2,12 @@
 
 ``parse(spec)`` knows:
 
-* ``mnist``, ``fashion-mnist``: the IDX files (``mxnag.train.data``), in memory;
+* ``mnist``, ``fashion-mnist``: the IDX files (``mxnag.train.data``), in memory; with
+  ``download``, fetched from their mirrors where no local copy is found;
 * ``cifar10:PATH``, ``cifar100:PATH``: the files of CIFAR's python or binary version in
   a local folder (``PATH`` itself or its ``cifar-10-batches-py``, ``cifar-10-batches-bin``,
-  ``cifar-100-python``, ``cifar-100-binary``), in memory; nothing is downloaded;
+  ``cifar-100-python``, ``cifar-100-binary``), in memory; with ``download`` a folder
+  without them gets the python version's archive (MD5-checked) extracted into it;
 * ``folder:PATH``: one sub-folder of images per class (JPEG, PNG, BMP), with ``train/`` and
   ``test/`` inside or, when there are none, a seeded split of ``val_fraction`` of each
   class for testing; class names are the folder names, sorted;
@@ -21,9 +23,14 @@ deviation (published, or measured on the training split) and the two splits, eac
 folders and record files (``read``), so a loader's worker processes decode in parallel.
 Everything that is wrong with the input raises ``DataError`` naming the file or folder.
 """
+import hashlib
 import io
 import os
 import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -98,9 +105,10 @@ class Source:
         return len(self.class_names)
 
 
-def parse(spec, data_dir=None, val_fraction=0.1, seed=0):
+def parse(spec, data_dir=None, val_fraction=0.1, seed=0, download=False):
     """The ``Source`` named by ``spec`` (see the module doc); ``data_dir`` is where the
-    IDX sets are looked for. Raises ``DataError`` naming what is wrong."""
+    IDX sets are looked for; ``download``: fetch an IDX or CIFAR set that is not found
+    (nothing is downloaded otherwise). Raises ``DataError`` naming what is wrong."""
     kind, sep, path = str(spec).partition(':')
     if kind not in KINDS:
         raise DataError('data: unknown source %r; use mnist, fashion-mnist, cifar10:PATH, '
@@ -108,20 +116,22 @@ def parse(spec, data_dir=None, val_fraction=0.1, seed=0):
     if kind in ('mnist', 'fashion-mnist'):
         if sep:
             raise DataError('data: %s takes no path (give the folder with --data-dir)' % kind)
-        return _idx(kind, data_dir)
+        return _idx(kind, data_dir, download)
     if not path:
         raise DataError('data: %s needs a path: %s:PATH' % (kind, kind))
     path = os.path.expanduser(path)
     if kind.startswith('cifar'):
+        if download and _find_cifar(kind, path) is None:
+            download_cifar(kind, path)
         return _cifar(spec, kind, path)
     if kind == 'folder':
         return _folder(spec, path, val_fraction, seed)
     return _records(spec, path, val_fraction, seed)
 
 
-def _idx(name, data_dir):
+def _idx(name, data_dir, download=False):
     info = data.dataset_info(name)
-    splits = data.load(name, data_dir, download=False)
+    splits = data.load(name, data_dir, download=download)
     train, test = ({'images': x[..., None], 'labels': y} for x, y in (splits['train'], splits['test']))
     return Source(name, tuple(info.class_names), 1, (28, 28), (info.mean,), (info.std,),
                   Split(**train), Split(**test))
@@ -166,6 +176,51 @@ def _cifar(spec, kind, path):
     mean, std = tuple(pixels.mean(0)), tuple(pixels.std(0))
     return Source(spec, names, 3, (32, 32), mean, std, Split(train[1], images=train[0]),
                   Split(test[1], images=test[0]))
+
+
+# the python version's archive of each set, and its MD5 as published with it
+CIFAR_ARCHIVES = {
+    'cifar10': ('https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
+                'c58f30108f718f92721af3b95e74349a'),
+    'cifar100': ('https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
+                 'eb9058c3a382ffc7106e4002c42a8d85'),
+}
+
+
+def download_cifar(kind, path, url=None, md5=None):
+    """Fetch ``kind``'s python-version archive (``url``, default CIFAR's own, checked
+    against ``md5``) and extract its folder (``cifar-10-batches-py`` or
+    ``cifar-100-python``) into ``path``. The folder appears whole or not at all; the
+    archive is not kept. Raises ``DataError`` naming the URL and what failed."""
+    default_url, default_md5 = CIFAR_ARCHIVES[kind]
+    url, md5 = url or default_url, md5 or default_md5
+    folder = _CIFAR_FILES[kind]['python'][0]
+    os.makedirs(path, exist_ok=True)
+    work = tempfile.mkdtemp(prefix='.%s-download-' % kind, dir=path)
+    try:
+        archive = os.path.join(work, 'archive.tar.gz')
+        try:
+            urllib.request.urlretrieve(url, archive)
+        except (OSError, ValueError) as err:
+            raise DataError('%s: download failed (%s)' % (url, getattr(err, 'reason', None) or err)) from None
+        digest = hashlib.md5()
+        with open(archive, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                digest.update(block)
+        if digest.hexdigest() != md5:
+            raise DataError('%s: the downloaded file has MD5 %s, not %s (a damaged or different '
+                            'file; nothing was extracted)' % (url, digest.hexdigest(), md5))
+        try:
+            with tarfile.open(archive, 'r:gz') as tar:
+                members = [m for m in tar.getmembers() if m.name.split('/')[0] == folder]
+                tar.extractall(work, members=members, filter='data')
+        except (OSError, tarfile.TarError, EOFError) as err:
+            raise DataError('%s: cannot extract (%s)' % (url, err)) from None
+        if not os.path.isdir(os.path.join(work, folder)):
+            raise DataError('%s: the archive holds no %s/ folder' % (url, folder))
+        os.replace(os.path.join(work, folder), os.path.join(path, folder))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _find_cifar(kind, path):
@@ -313,7 +368,7 @@ def _folder(spec, path, val_fraction, seed):
         test_paths, test_labels = _flatten(test, names)
     else:
         paths, labels = _flatten(train, names)
-        train_idx, test_idx = _split(labels, val_fraction, seed, path, names)
+        train_idx, test_idx = split_indices(labels, val_fraction, seed, path, names)
         train_paths, train_labels = [paths[i] for i in train_idx], labels[train_idx]
         test_paths, test_labels = [paths[i] for i in test_idx], labels[test_idx]
     train_split = Split(train_labels, read=_FileReader(train_paths, None), names=train_paths)
@@ -336,7 +391,7 @@ def _flatten(classes, names):
     return paths, labels
 
 
-def _split(labels, val_fraction, seed, where, names=None):
+def split_indices(labels, val_fraction, seed, where, names=None):
     """Indices of a seeded, per-class split: (train, test), ``val_fraction`` of each class
     (at least one example) for testing; ``names``: the classes' names, for messages."""
     if not 0 < val_fraction < 1:
@@ -507,7 +562,7 @@ def _records(spec, path, val_fraction, seed):
     else:
         reader, labels, where = _record_file(path)
         names = _record_names(path, labels)
-        train_idx, test_idx = _split(labels, val_fraction, seed, path + '.rec', names)
+        train_idx, test_idx = split_indices(labels, val_fraction, seed, path + '.rec', names)
         whole = Split(labels, read=reader, names=where)
         train_split, test_split = whole.subset(train_idx), whole.subset(test_idx)
     return _lazy_source(spec, names, train_split, test_split, seed)

@@ -35,14 +35,15 @@ PIXELS = 28 * 28
 SOURCE_KINDS = ('mnist', 'data', 'stdin')  # or a data source's spec, e.g. folder:PATH
 
 
-def parse_line(line: str, known, channels: int = 1, base: str = '.', numbered=()
+def parse_line(line: str, known, channels: int = 1, base: str = '.', numbered=(), grow=False
                ) -> Tuple[Optional[np.ndarray], Optional[str], Optional[str]]:
     """One line of the stdin source: ``(image uint8 HxWxC, class name, None)``, or
     ``(None, None, reason)`` for a line to reject. A line is a JSON object with a
     ``label`` (a class name, or its number) and one of ``pixels`` (784 integers 0-255: a
     28x28 grey image), ``image`` (the path of an image file, relative to ``base``) or
     ``png_base64`` (an encoded image, base64); ``known``: the stream's class names;
-    ``numbered``: the data source's class names, which a number may name instead."""
+    ``numbered``: the data source's class names, which a number may name instead;
+    ``grow``: a label not in ``known`` is a new class's name (else the line is rejected)."""
     try:
         record = json.loads(line)
     except ValueError as err:
@@ -55,7 +56,9 @@ def parse_line(line: str, known, channels: int = 1, base: str = '.', numbered=()
     name = str(label)
     if name not in known and isinstance(label, int) and 0 <= label < len(numbered):
         name = numbered[label]  # a class number of the data source
-    if name not in known:
+    if grow and name not in known and not name.strip():
+        return None, None, 'label: a class name cannot be empty'
+    if name not in known and not grow:
         return None, None, 'label %s is not a class of this stream (%s)' % (
             json.dumps(label), ','.join(sorted(known, key=_class_order)))
     if 'pixels' in record:
@@ -119,7 +122,7 @@ def open_source(args):
         raise MxnagError("source: %r is not mnist, stdin or a data source (folder:PATH, rec:PREFIX, "
                          "cifar10:PATH, ...)" % args.source, ('source',))
     spec = args.source if args.source not in SOURCE_KINDS else (args.data or args.dataset)
-    return sources.parse(spec, args.data_dir, args.val_fraction, args.seed)
+    return sources.parse(spec, args.data_dir, args.val_fraction, args.seed, args.download)
 
 
 class Stream:
@@ -159,8 +162,10 @@ class Stream:
         if args.pretrained:
             online.grow_output(self.net, len(self.classes), [self.context], seed=args.seed)
         self.net.hybridize()
+        self.net(mx.nd.zeros((1,) + self.input_shape, ctx=self.context))  # no deferred shapes
         self.old_before = self.accuracy(self.old_classes) if self.old_classes else None
         self.learner = self._learner(args)
+        self.grown: List[str] = []  # classes added by --grow
         self.position = 0  # source items consumed (examples, or lines of stdin)
         self.rejected = 0
         self.config = dict(settings.config_of(args), optimizer=self.optimizer,
@@ -191,6 +196,16 @@ class Stream:
         trainer = gluon.Trainer(self.net.collect_params(), opt, kvstore=None)
         return online.OnlineLearner(self.net, trainer, self.context, replay,
                                     replay_per_update=args.replay_batch, window=args.window)
+
+    def grow(self, name: str) -> None:
+        """Add class ``name`` (the model's next output) while the stream runs: the output
+        layer and its optimizer states keep the rows of the classes it knows."""
+        self.classes = self.classes + [name]
+        self.grown.append(name)
+        self.index[name] = len(self.classes) - 1
+        self.config['model_classes'] = self.classes
+        self.learner.grow(len(self.classes), seed=self.args.seed + len(self.classes))
+        log.info('class %s added: output %d', json.dumps(name), self.index[name])
 
     def name_of(self, split, i):
         return self.source.class_names[split.labels[i]]
@@ -248,14 +263,45 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
     (default ``args.optimizer``); returns the results (see the recipe's doc)."""
     started = time.time()
     stream = Stream(args, optimizer)
-    learner = stream.learner
-    metrics_log = loop.MetricsLog(args.log, None if quiet else args.tensorboard)
-    last_checkpoint = time.time()
     if args.resume:
         _resume(stream, args)
-    metrics_log.write(event='start', config=stream.config, position=stream.position)
+    progress = _Progress(stream, args, loop.MetricsLog(args.log, None if quiet else args.tensorboard))
+    progress.log.write(event='start', config=stream.config, position=stream.position)
+    if args.source == 'stdin':
+        _learn_stdin(stream, args, out or sys.stdout, progress.after_update)
+    else:
+        _learn_source(stream, args, quiet, progress.after_update)
+    progress.log_points()
+    if args.checkpoint_dir:
+        progress.save()
+    result = dict(stream.learner.metrics(), config=stream.config, rejected=stream.rejected,
+                  class_names=stream.classes, grown_classes=stream.grown,
+                  test_accuracy=stream.accuracy(stream.classes),
+                  old_classes_test_accuracy_before=stream.old_before,
+                  old_classes_test_accuracy=stream.accuracy(stream.old_classes),
+                  new_classes_test_accuracy=stream.accuracy(
+                      [c for c in stream.new_classes if c not in stream.old_classes]),
+                  seconds=time.time() - started)
+    progress.log.write(event='evaluation', examples=stream.learner.seen,
+                       test_accuracy=result['test_accuracy'],
+                       old_classes_test_accuracy=result['old_classes_test_accuracy'],
+                       new_classes_test_accuracy=result['new_classes_test_accuracy'])
+    progress.log.write(event='end', examples=stream.learner.seen)
+    return result
 
-    def save():
+
+class _Progress:
+    """What a stream does after each update: a 'stream' record in the metrics ``log`` for
+    each new point of the curve (the live log, TensorBoard), and a checkpoint every
+    ``checkpoint_every`` updates or ``checkpoint_seconds``."""
+
+    def __init__(self, stream, args, metrics_log):
+        self.stream, self.args, self.log = stream, args, metrics_log
+        self.logged = len(stream.learner.curve)
+        self.last_checkpoint = time.time()
+
+    def save(self):
+        stream, learner, args = self.stream, self.stream.learner, self.args
         prefix = checkpoint.epoch_prefix(args.checkpoint_dir, learner.updates)
         learner.save(prefix, {'config': stream.config, 'position': stream.position,
                               'mxnag_version': __version__,
@@ -267,51 +313,28 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
                                         'class_names': list(stream.classes)},
                               'old_classes_test_accuracy_before': stream.old_before})
         checkpoint.prune(args.checkpoint_dir, args.keep)
+        self.last_checkpoint = time.time()
 
-    logged = [len(learner.curve)]
-
-    def log_points():
-        """A 'stream' record for each new point of the curve (the live log, TensorBoard)."""
+    def log_points(self):
+        learner = self.stream.learner
         m = learner.metrics()
-        for examples, accuracy in learner.curve[logged[0]:]:
-            metrics_log.write(event='stream', examples=examples,
-                              prequential_accuracy=m['prequential_accuracy'],
-                              window_accuracy=accuracy,
-                              latency_ms_p50=m['update_latency_ms']['p50'],
-                              latency_ms_p95=m['update_latency_ms']['p95'],
-                              latency_ms_p99=m['update_latency_ms']['p99'],
-                              examples_per_second=m['examples_per_second'])
-        logged[0] = len(learner.curve)
+        for examples, accuracy in learner.curve[self.logged:]:
+            self.log.write(event='stream', examples=examples,
+                           prequential_accuracy=m['prequential_accuracy'],
+                           window_accuracy=accuracy,
+                           latency_ms_p50=m['update_latency_ms']['p50'],
+                           latency_ms_p95=m['update_latency_ms']['p95'],
+                           latency_ms_p99=m['update_latency_ms']['p99'],
+                           examples_per_second=m['examples_per_second'])
+        self.logged = len(learner.curve)
 
-    def after_update():
-        nonlocal last_checkpoint
-        if len(learner.curve) > logged[0]:
-            log_points()
+    def after_update(self):
+        learner, args = self.stream.learner, self.args
+        if len(learner.curve) > self.logged:
+            self.log_points()
         if args.checkpoint_dir and (learner.updates % args.checkpoint_every == 0 or
-                                    time.time() - last_checkpoint >= args.checkpoint_seconds):
-            save()
-            last_checkpoint = time.time()
-
-    if args.source == 'stdin':
-        _learn_stdin(stream, args, out or sys.stdout, after_update)
-    else:
-        _learn_source(stream, args, quiet, after_update)
-    log_points()
-    if args.checkpoint_dir:
-        save()
-    result = dict(learner.metrics(), config=stream.config, rejected=stream.rejected,
-                  test_accuracy=stream.accuracy(stream.classes),
-                  old_classes_test_accuracy_before=stream.old_before,
-                  old_classes_test_accuracy=stream.accuracy(stream.old_classes),
-                  new_classes_test_accuracy=stream.accuracy(
-                      [c for c in stream.new_classes if c not in stream.old_classes]),
-                  seconds=time.time() - started)
-    metrics_log.write(event='evaluation', examples=learner.seen,
-                      test_accuracy=result['test_accuracy'],
-                      old_classes_test_accuracy=result['old_classes_test_accuracy'],
-                      new_classes_test_accuracy=result['new_classes_test_accuracy'])
-    metrics_log.write(event='end', examples=learner.seen)
-    return result
+                                    time.time() - self.last_checkpoint >= args.checkpoint_seconds):
+            self.save()
 
 
 def _resume(stream, args):
@@ -322,6 +345,12 @@ def _resume(stream, args):
     if prefix is None:
         raise MxnagError('resume: no good checkpoint in %s' % args.checkpoint_dir,
                          ('resume', 'checkpoint_dir'))
+    saved = meta['input']['class_names']
+    if saved[:len(stream.classes)] != stream.classes:
+        raise MxnagError('resume: %s has classes %s, this stream %s' % (
+            prefix + '.json', ','.join(saved), ','.join(stream.classes)), ('resume',))
+    for name in saved[len(stream.classes):]:  # classes the stream grew (--grow)
+        stream.grow(name)
     meta = learner.restore(prefix, stream.optimizer)
     stream.position, stream.rejected = meta['position'], meta['rejected']
     stream.old_before = meta['old_classes_test_accuracy_before']
@@ -367,13 +396,17 @@ def _learn_stdin(stream, args, out, after_update):
             continue
         stream.position += 1
         arrival = time.perf_counter()
-        image, name, reason = parse_line(line, known, channels, numbered=stream.source.class_names)
+        image, name, reason = parse_line(line, known, channels, numbered=stream.source.class_names,
+                                         grow=args.grow)
         if reason is None and image.shape[2] != channels:
             reason = 'a %d-channel image; this stream\'s have %d' % (image.shape[2], channels)
         if reason is not None:
             stream.rejected += 1
             log.warning('line %d rejected: %s', stream.position, reason)
             continue
+        if name not in known:  # --grow: a new class
+            stream.grow(name)
+            known.add(name)
         prediction = int(learner.predict(stream.prepare([image]))[0])
         out.write(json.dumps({'line': stream.position,
                               'prediction': _as_written(stream.classes[prediction]),

@@ -1,15 +1,21 @@
-"""The MNIST optimizer comparison behind the README's results table: each optimizer with
-its tuned learning rate, on mlp and lenet, over several seeds; final test accuracy
-(mean ± std), epochs and seconds to reach a target; JSON, Markdown and a PNG plot.
+"""The optimizer comparison behind the README's results table: each optimizer with its
+tuned learning rate, on each model, over several seeds, on any data source (MNIST by
+default); final test accuracy (mean ± std), epochs and seconds to reach a target; JSON,
+Markdown and a PNG plot. Shapes and classes come from the source.
 
 Learning rates were tuned by ``recipes/compare_optimizers.py --tune``: one epoch of each
-model on the first 50,000 training images per grid value, the best accuracy on the last
-10,000 (never the test set) wins. ``TUNED_LR`` holds what that command printed.
+model on the first five sixths of the training images (MNIST: the first 50,000) per grid
+value, the best accuracy on the last sixth (never the test set) wins. ``TUNED_LR`` holds
+what that command printed for MNIST; other data take ``--lrs`` (a tune's output) or each
+optimizer's default learning rate.
 """
+import dataclasses
 import logging
 import statistics
 
-from . import data, extras, factories, loop, run, settings
+import numpy as np
+
+from . import extras, factories, loop, run, settings, sources
 
 OPTIMIZERS = ('sgd', 'nag', 'adam', 'nadam', 'adanag', 'adan')
 # fixed hyperparameters besides the learning rate
@@ -26,7 +32,8 @@ TARGETS = {'mlp': 0.98, 'lenet': 0.99}
 logger = logging.getLogger(__name__)
 
 
-def run_args(model, optimizer, lr, epochs, seed, batch_size=128, data_dir=None, classes=None):
+def run_args(model, optimizer, lr, epochs, seed, batch_size=128, data_dir=None, classes=None,
+             data=None):
     """The arguments of one sweep run: the pretrain recipe's settings at their defaults but
     for these, a constant learning rate (the one the sweep tuned), one checkpoint kept, no
     progress bar."""
@@ -34,41 +41,96 @@ def run_args(model, optimizer, lr, epochs, seed, batch_size=128, data_dir=None, 
         'pretrain', model=model, optimizer=optimizer, lr=lr,
         opt_arg=['%s=%r' % kv for kv in OPTIMIZER_ARGS.get(optimizer, {}).items()],
         epochs=epochs, batch_size=batch_size, lr_schedule='constant', seed=seed,
-        data_dir=data_dir, classes=classes, keep=1, no_progress=True)
+        data_dir=data_dir, classes=classes, keep=1, no_progress=True, data=data)
 
 
-def train_once(args, train_loader, test_loader, log=None):
+def train_once(args, train_loader, test_loader, num_classes, log=None):
     """Train a fresh ``args.model`` with ``args``; returns the history."""
     if log:
         args.log = log
-    net = run.new_model(args.model, 10, [run.mx.cpu()], args.seed)
-    config = settings.config_of(args, num_classes=10)
+    net = run.new_model(args.model, num_classes, [run.mx.cpu()], args.seed)
+    config = settings.config_of(args, num_classes=num_classes)
     history, _, _ = run.train(net, args, train_loader, test_loader,
                               factories.parse_contexts('cpu'), config,
                               '%s/%s/%s' % (args.model, args.optimizer, args.seed))
     return history
 
 
-def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=None):
-    """The best learning rate of each grid in ``LR_GRID`` by validation accuracy; each
-    score goes to ``report`` (default: this module's logger)."""
+def holdout(source, seed=0):
+    """``source`` with its test split replaced by a sixth of its training split (the rest
+    trains): the tune's validation, which never sees the test set. MNIST's and
+    Fashion-MNIST's training files are in no class order: their last sixth (MNIST: the
+    last 10,000) validates, as when ``TUNED_LR`` was tuned; other sources keep a seeded
+    sixth of each class."""
+    if source.spec in ('mnist', 'fashion-mnist'):
+        order = np.arange(len(source.train))
+        keep = len(order) - len(order) // 6
+        train, valid = order[:keep], order[keep:]
+    else:
+        train, valid = sources.split_indices(source.train.labels, 1 / 6, seed, source.spec,
+                                             source.class_names)
+    return dataclasses.replace(source, train=source.train.subset(train),
+                               test=source.train.subset(valid))
+
+
+def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=None, data=None):
+    """The best learning rate of each grid in ``LR_GRID`` by validation accuracy
+    (``holdout``) on data source ``data`` (default MNIST); each score goes to ``report``
+    (default: this module's logger)."""
     report = report or logger.info
-    splits = data.load('mnist', data_dir)
-    x, y = splits['train']
-    x = data.normalize(x)
-    train = data.ArrayLoader(x[:50000], y[:50000], 128, seed=seed, last_batch='discard')
-    valid = data.ArrayLoader(x[50000:], y[50000:], 1000, shuffle=False)
     best = {}
     for model in models:
         best[model] = {}
         for optimizer in optimizers:
             scores = {}
             for lr in LR_GRID[optimizer]:
-                history = train_once(run_args(model, optimizer, lr, epochs, seed), train, valid)
+                args = run_args(model, optimizer, lr, epochs, seed, data_dir=data_dir, data=data)
+                train, valid, classes = run.load_data(args, source=holdout(run.open_source(args), seed))
+                history = train_once(args, train, valid, classes)
                 scores[lr] = history[-1]['test_accuracy']
                 report('tune %s %s lr=%g: validation accuracy %.4f' % (model, optimizer, lr, scores[lr]))
             best[model][optimizer] = max(scores, key=scores.get)
     return best
+
+
+def learning_rate(lrs, model, optimizer):
+    """The sweep's learning rate of ``optimizer`` on ``model``: from ``lrs`` (a tune's
+    output), else the optimizer's own default."""
+    if model in lrs and optimizer in lrs[model]:
+        return lrs[model][optimizer]
+    return factories.make_optimizer(optimizer, None, OPTIMIZER_ARGS.get(optimizer, {})).learning_rate
+
+
+def compare(models, optimizers, seeds, epochs, data_dir=None, lrs=None, log=None, report=None,
+            data=None, targets=None):
+    """Train every (model, optimizer, seed) on data source ``data`` (default MNIST);
+    returns ``{'runs': [...], 'summary': [...]}``. Learning rates: ``lrs``, else
+    ``TUNED_LR`` for MNIST, else each optimizer's default; ``targets``: the test accuracy
+    each model is timed to (default ``TARGETS`` for MNIST). Each run's result goes to
+    ``report`` (default: this module's logger)."""
+    report = report or logger.info
+    mnist = data in (None, 'mnist')
+    lrs = lrs or (TUNED_LR if mnist else {})
+    targets = targets or (TARGETS if mnist else {})
+    runs = []
+    for model in models:
+        for optimizer in optimizers:
+            lr = learning_rate(lrs, model, optimizer)
+            for seed in seeds:
+                args = run_args(model, optimizer, lr, epochs, seed, data_dir=data_dir, data=data)
+                train, test, classes = run.load_data(args)
+                history = train_once(args, train, test, classes, log)
+                target = targets.get(model)
+                epoch, seconds = loop.epochs_to_reach(history, target) if target else (None, None)
+                runs.append({'model': model, 'optimizer': optimizer, 'seed': seed, 'lr': lr,
+                             'opt_args': OPTIMIZER_ARGS.get(optimizer, {}), 'history': history,
+                             'test_accuracy': history[-1]['test_accuracy'],
+                             'epochs_to_target': epoch, 'seconds_to_target': seconds})
+                report('%s %s seed %d: test accuracy %.4f%s'
+                       % (model, optimizer, seed, history[-1]['test_accuracy'],
+                          ', %s epochs to %.1f%%' % (epoch, 100 * target) if target else ''))
+    return {'runs': runs, 'summary': summarize(runs), 'epochs': epochs, 'seeds': list(seeds),
+            'targets': {m: targets[m] for m in models if m in targets}, 'data': data or 'mnist'}
 
 
 def mean_std(values):
@@ -76,34 +138,6 @@ def mean_std(values):
     if not values:
         return None, None
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def compare(models, optimizers, seeds, epochs, data_dir=None, lrs=None, log=None, report=None):
-    """Train every (model, optimizer, seed); returns ``{'runs': [...], 'summary': [...]}``.
-    Each run's result goes to ``report`` (default: this module's logger)."""
-    report = report or logger.info
-    lrs = lrs or TUNED_LR
-    splits = data.load('mnist', data_dir)
-    train_x, test_x = data.normalize(splits['train'][0]), data.normalize(splits['test'][0])
-    runs = []
-    for model in models:
-        for optimizer in optimizers:
-            for seed in seeds:
-                train = data.ArrayLoader(train_x, splits['train'][1], 128, seed=seed,
-                                         last_batch='discard')
-                test = data.ArrayLoader(test_x, splits['test'][1], 1000, shuffle=False)
-                lr = lrs[model][optimizer]
-                history = train_once(run_args(model, optimizer, lr, epochs, seed), train, test, log)
-                epoch, seconds = loop.epochs_to_reach(history, TARGETS[model])
-                runs.append({'model': model, 'optimizer': optimizer, 'seed': seed, 'lr': lr,
-                             'opt_args': OPTIMIZER_ARGS.get(optimizer, {}), 'history': history,
-                             'test_accuracy': history[-1]['test_accuracy'],
-                             'epochs_to_target': epoch, 'seconds_to_target': seconds})
-                report('%s %s seed %d: test accuracy %.4f, %s epochs to %.1f%%'
-                       % (model, optimizer, seed, history[-1]['test_accuracy'], epoch,
-                          100 * TARGETS[model]))
-    return {'runs': runs, 'summary': summarize(runs), 'epochs': epochs, 'seeds': list(seeds),
-            'targets': TARGETS}
 
 
 def summarize(runs):
@@ -131,7 +165,8 @@ def markdown(result):
              % (len(result['seeds']), result['epochs']),
              '|---|---|---|---|---|---|---|']
     for row in result['summary']:
-        target = '%.1f%%' % (100 * result['targets'][row['model']])
+        goal = result['targets'].get(row['model'])
+        target = '%.1f%%' % (100 * goal) if goal else 'no target'
         lines.append('| %s | %s | %g | %.2f ± %.2f | %s (%s) | %s | %s |' % (
             row['model'], row['optimizer'], row['lr'], 100 * row['test_accuracy_mean'],
             100 * row['test_accuracy_std'], row['reached_target'], target,
@@ -148,7 +183,7 @@ def plot(result, path):
     models = sorted({r['model'] for r in result['runs']})
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
     for col, model in enumerate(models):
-        for optimizer in OPTIMIZERS:
+        for optimizer in dict.fromkeys(r['optimizer'] for r in result['runs']):
             group = [r for r in result['runs'] if r['model'] == model and r['optimizer'] == optimizer]
             if not group:
                 continue
@@ -158,7 +193,8 @@ def plot(result, path):
                 values = [statistics.mean(r['history'][e][key] for r in group) for e in range(n)]
                 axes[row][col].plot(epochs, values, marker='o', label=optimizer)
         axes[0][col].set_title('%s: test accuracy' % model)
-        axes[0][col].set_ylim(TARGETS[model] - 0.02, 1.0)
+        if model in result['targets']:
+            axes[0][col].set_ylim(result['targets'][model] - 0.02, 1.0)
         axes[1][col].set_title('%s: training loss' % model)
         axes[1][col].set_yscale('log')
         for row in range(2):
