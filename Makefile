@@ -25,16 +25,20 @@ test: $(PY) fashion-mnist
 	$(PY) -m pip install --quiet torch==2.13.0 || echo 'PyTorch not installed: its cross-check tests will be skipped'
 	$(PY) -m pytest -ra tests
 
-# the project's main job: pretrain LeNet on digits 0-4, fine-tune on 5-9 with 100 examples
-# per class, and train the same model from scratch on those examples for comparison
+# the project's main job, every recipe with its own defaults: pretrain LeNet on digits 0-4;
+# fine-tune it on 5-9 from 10 and from 100 examples per class, each against the same model
+# trained from scratch on those examples; stream all of 5-9 into the 0-4 model in real time
 mnist: $(PY)
 	$(PY) -m pip install --quiet -e '.[cpu,recipes]'
-	$(PY) recipes/mnist_pretrain.py --model lenet --optimizer adanag --classes 0-4 --epochs 3 --lr-schedule constant \
-	  --data-dir $(MNIST_DIR) --out $(RUN_DIR)/pretrain.json --save $(RUN_DIR)/lenet-0-4.params \
-	  --log $(RUN_DIR)/metrics.jsonl
-	$(PY) recipes/mnist_finetune.py --pretrained $(RUN_DIR)/lenet-0-4.params --classes 5-9 \
-	  --shots 100 --lr-schedule constant --compare-scratch --data-dir $(MNIST_DIR) --out $(RUN_DIR)/finetune.json \
-	  --log $(RUN_DIR)/metrics.jsonl
+	$(PY) recipes/mnist_pretrain.py --classes 0-4 --data-dir $(MNIST_DIR) \
+	  --out $(RUN_DIR)/pretrain.json --save $(RUN_DIR)/lenet-0-4.params --log $(RUN_DIR)/metrics.jsonl
+	for shots in 10 100; do \
+	  $(PY) recipes/mnist_finetune.py --pretrained $(RUN_DIR)/lenet-0-4.params --shots $$shots \
+	    --compare-scratch --data-dir $(MNIST_DIR) --out $(RUN_DIR)/finetune_$${shots}_shots.json \
+	    --log $(RUN_DIR)/metrics.jsonl || exit 1; \
+	done
+	$(PY) recipes/mnist_stream.py --pretrained $(RUN_DIR)/lenet-0-4.params --data-dir $(MNIST_DIR) \
+	  --out $(RUN_DIR)/stream.json --log $(RUN_DIR)/metrics.jsonl
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

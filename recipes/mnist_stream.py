@@ -17,9 +17,12 @@ or "png_base64": "..."}, writes one JSON line a prediction (made before learning
 example) to stdout, rejects bad lines (logged, counted, never learned) and ends at the
 end of input; with --grow a line naming a class the model does not know adds it (a new
 output, learned from then on) instead of being rejected. Classes are known by name: the model's outputs are the checkpoint's
-classes, then the stream's new ones. Each update mixes in as many
-examples drawn from a replay memory: --replay training images of the checkpoint's
-classes and a reservoir of --reservoir examples of the stream. With --checkpoint-dir a
+classes, then the stream's new ones. Each update mixes in examples drawn from a replay
+memory (--memory balanced, the default: one class-balanced pool of --replay training
+images of the checkpoint's classes and --reservoir more; or reservoir) and learns them as
+--method says (der++, the default: replayed logits distilled; er; er-ace). --tasks
+0-1,2-3,... streams class groups one after another and measures every group seen so far
+after each (class_il_accuracy and the per-task table in the results). With --checkpoint-dir a
 checkpoint every --checkpoint-every updates or --checkpoint-seconds, from which --resume
 continues exactly (with stdin, the input must start again from its first line). The
 results JSON (--out) has test_accuracy (every class the model knows), the old classes'

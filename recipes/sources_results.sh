@@ -20,7 +20,8 @@ run "$R/pretrain.py" --data "folder:$WORK/fashion" --model cifar_resnet20_v1 --e
 run "$R/pretrain.py" --data "folder:$WORK/fashion" --classes 0-4 --model cifar_resnet20_v1 --epochs 5 \
     --workers 2 --out "$OUT/fashion_folder_0-4.json" --save "$WORK/resnet20-fashion-0-4.params"
 run "$R/finetune.py" --pretrained "$WORK/resnet20-fashion-0-4.params" --data "folder:$WORK/fashion" \
-    --classes 5-9 --shots 100 --compare-scratch --workers 2 --out "$OUT/fashion_folder_finetune_5-9.json"
+    --classes 5-9 --shots 100 --compare-scratch --workers 2 --features-lr-mult 0.1 --lr-schedule cosine \
+    --out "$OUT/fashion_folder_finetune_5-9.json"
 [ -d "$WORK/mnist/train" ] || "$PY" "$R/export_images.py" --data mnist --data-dir "$DATA" --out-dir "$WORK/mnist"
 run "$R/pretrain.py" --data mnist --data-dir "$DATA" --model lenet --epochs 3 \
     --out "$OUT/lenet_mnist_memory.json"

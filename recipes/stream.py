@@ -18,7 +18,9 @@ integers 0-255]}, writes one JSON line a prediction (made before learning the ex
 to stdout, rejects bad lines (logged, counted, never learned) and ends at the end of
 input; with --grow a line naming a class the model does not know adds it (a new output)
 instead of being rejected. Each update mixes in examples drawn from a replay memory
-(--replay training images of the checkpoint's classes, a --reservoir of the stream's).
+(--memory balanced, the default: one class-balanced pool of --replay training images of
+the checkpoint's classes and --reservoir more) and learns them as --method says (der++,
+the default; er; er-ace). --tasks 0-1,2-3,... streams class groups one after another.
 With --checkpoint-dir a checkpoint every --checkpoint-every updates or
 --checkpoint-seconds, from which --resume continues exactly (with stdin, the input must
 start again from its first line). The results JSON (--out) has test_accuracy (every

@@ -2,8 +2,9 @@
 # The README's real-time fine-tuning numbers, in one command (a few minutes on 2 cores):
 #   bash recipes/stream_results.sh [MNIST_DIR] [OUT_DIR]
 # LeNet pretrained on digits 0-4 (the recipe's defaults), then all training images of 5-9
-# streamed once in arrival batches of 16 with 2,000 kept 0-4 images replayed (the stream
-# recipe's defaults); then the same stream with each optimizer at its default rate.
+# streamed once with the stream recipe's defaults (arrival batches of 16, DER++ replay from
+# a class-balanced memory of 2,000 kept 0-4 images and 2,000 more for the stream, adanag);
+# then the same stream with each optimizer at its default rate.
 set -euo pipefail
 DATA=${1:-../shared/data/mnist}
 OUT=${2:-results}

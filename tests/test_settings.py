@@ -14,7 +14,8 @@ RESUME_KEYS = ('model', 'dataset', 'classes', 'shots', 'optimizer', 'lr', 'opt_a
                # the data sources' (mxnag.train.sources)
                'data', 'val_fraction', 'input_size', 'augment', 'normalize',
                # a stream's (mnist_stream.py)
-               'source', 'grow', 'replay', 'reservoir', 'arrival_batch', 'replay_batch')
+               'source', 'grow', 'replay', 'reservoir', 'arrival_batch', 'replay_batch',
+               'tasks', 'method', 'der_alpha', 'der_beta', 'memory', 'holdout')
 
 
 def parse(recipe, *argv):
@@ -55,7 +56,7 @@ def test_resume_keys_and_config_come_from_the_table():
     for output in ('out', 'log', 'checkpoint_dir', 'save', 'resume', 'data_dir', 'max_skips', 'workers'):
         assert output not in config
     fine = settings.config_of(parse('finetune', '--pretrained', 'x.params', '--features', 'freeze'))
-    assert (fine['features'], fine['features_lr_mult'], fine['pretrained']) == ('freeze', 0.1, 'x.params')
+    assert (fine['features'], fine['features_lr_mult'], fine['pretrained']) == ('freeze', 1.0, 'x.params')
 
 
 def test_sweep_runs_are_pretrain_namespaces():
@@ -153,3 +154,19 @@ def test_the_toolkit_logs_and_the_command_line_shows_it(tmp_path, caplog):
                   settings.config_of(args, num_classes=10), 'test')
     assert [(r.name, r.levelname) for r in caplog.records] == [('mxnag.train.checkpoint', 'WARNING')]
     assert 'epoch-0001.params: checksum mismatch' in caplog.records[0].getMessage()
+
+
+def test_make_mnist_runs_every_recipe_with_its_defaults():
+    """The main job passes what a run is about (data, classes, shots, files), never a
+    hyperparameter: what it shows is what each recipe's defaults give."""
+    import os
+    import re
+    from conftest import ROOT
+    with open(os.path.join(ROOT, 'Makefile')) as f:
+        makefile = f.read()
+    target = makefile.split('\nmnist:', 1)[1].split('\n\n', 1)[0]
+    recipes = re.findall(r'recipes/(\w+)\.py', target)
+    assert recipes == ['mnist_pretrain', 'mnist_finetune', 'mnist_stream']
+    flags = set(re.findall(r'(--[a-z-]+)', target))
+    assert flags <= {'--classes', '--shots', '--pretrained', '--data-dir', '--out', '--save', '--log',
+                     '--compare-scratch', '--quiet'}, flags

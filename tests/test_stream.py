@@ -166,10 +166,12 @@ def test_replay_draws_from_kept_and_reservoir_and_its_state_round_trips():
     kept_x = np.zeros((50, 2), np.float32)
     kept_y = np.full(50, 7, np.float32)
     memory = online.ReplayMemory(kept_x, kept_y, 50, (2,), seed=3)
-    memory.add(np.ones((50, 2), np.float32), np.full(50, 2))
-    x, y = memory.sample(4000)
-    assert set(np.unique(y)) == {2.0, 7.0} and abs((y == 7).mean() - 0.5) < 0.05
-    assert np.array_equal(x[y == 7], np.zeros(((y == 7).sum(), 2)))
+    memory.add(np.arange(100, dtype=np.float32).reshape(50, 2) + 1, np.full(50, 2))
+    x, y, z = memory.sample(4000)  # without replacement: everything once
+    assert len(y) == 100 and z is None and (y == 7).sum() == 50
+    assert len({tuple(row) for row in x[y == 2]}) == 50
+    draws = np.concatenate([memory.sample(10)[1] for _ in range(400)])
+    assert abs((draws == 7).mean() - 0.5) < 0.05
     copy = online.ReplayMemory(None, None, 1, (2,), seed=99)
     copy.restore(memory.state(), memory.arrays())
     memory.add(np.full((20, 2), 5, np.float32), np.full(20, 5))
@@ -178,6 +180,103 @@ def test_replay_draws_from_kept_and_reservoir_and_its_state_round_trips():
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert online.ReplayMemory(None, None, 0, (2,)).sample(5) is None
+
+
+def test_balanced_memory_keeps_the_classes_even_and_its_logits():
+    """Class-balanced reservoir: the kept examples fill the pool first; as new classes
+    stream in, the largest classes make room, so every class ends with its share; the
+    stored logits travel with their examples and round-trip through a checkpoint."""
+    kept_y = np.repeat([0, 1, 2], 100).astype(np.float32)
+    kept_x = kept_y[:, None].copy()
+    memory = online.ReplayMemory(kept_x, kept_y, 0, (1,), seed=4, balanced=True, logits=3,
+                                 kept_logits=np.tile(kept_y[:, None], (1, 3)))
+    assert memory.capacity == 300 and memory.filled == 300 and len(memory.kept_y) == 0
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # 3000 examples of classes 3-5 in a random order
+        y = rng.integers(3, 6, 100).astype(np.float32)
+        memory.add(y[:, None], y, np.tile(y[:, None], (1, 3)))
+    counts = np.bincount(memory.stream_y.astype(int), minlength=6)
+    assert counts.sum() == 300 and counts.min() >= 45 and counts.max() <= 55
+    x, y, z = memory.sample(300)
+    np.testing.assert_array_equal(x[:, 0], y)  # each example kept its label ...
+    np.testing.assert_array_equal(z, np.tile(y[:, None], (1, 3)))  # ... and its logits
+    copy = online.ReplayMemory(None, None, 0, (1,), seed=9)
+    copy.restore(memory.state(), memory.arrays())
+    extra = np.full(50, 5, np.float32)
+    for m in (memory, copy):
+        m.add(extra[:, None], extra, np.zeros((50, 3), np.float32))
+    for a, b in zip(memory.sample(40), copy.sample(40)):
+        np.testing.assert_array_equal(a, b)
+    memory.grow_logits(5)
+    assert memory.stream_z.shape == (300, 5) and np.isnan(memory.stream_z[:, 3:]).all()
+
+
+def _learner_with_memory(method, seed=0, classes=4):
+    net = models.get_model('mlp', classes)
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier())
+    memory = online.ReplayMemory(None, None, 64, (1, 28, 28), seed=seed,
+                                 logits=classes if method == 'der++' else 0)
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    return online.OnlineLearner(net, trainer, mx.cpu(), memory, replay_per_update=6, window=8,
+                                method=method, alpha=0.3, beta=0.7)
+
+
+def test_er_ace_gives_absent_seen_classes_no_gradient_from_arriving_examples(rng):
+    """ER-ACE's arriving loss: the logits of classes seen before but absent from the batch
+    get no gradient from it; replayed examples' loss sees every class. Checked on the
+    loss's gradient with respect to the logits, against float64 NumPy."""
+    learner = _learner_with_memory('er-ace')
+    x0 = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    learner.learn(x0, np.array([0, 1] * 4))  # classes 0 and 1 seen, in the memory
+    x, y = rng.standard_normal((5, 1, 28, 28)).astype(np.float32), np.full(5, 2, np.float32)
+    first = learner.replay.sample(6)
+    terms = learner.terms(y, first, None)
+    assert (terms[:5, 2:4] == online._MASKED).all() and (terms[:, 4:6] == 0).all()
+    assert not terms[5:, 2:6].any()  # replayed examples: every class
+    out = mx.nd.array(rng.standard_normal((11, 4)))
+    out.attach_grad()
+    with mx.autograd.record():
+        loss = online.stream_loss(mx.nd, out, mx.nd.array(terms), 4)
+    loss.backward()
+    grad = out.grad.asnumpy()
+    logits = out.asnumpy().astype(np.float64)
+
+    def ce_grad(z, labels):
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(labels)), labels.astype(int)] -= 1
+        return p / len(labels)
+    masked = logits[:5].copy()
+    masked[:, :2] = -np.inf
+    want_new = ce_grad(masked, y)
+    assert not grad[:5, :2].any()  # absent seen classes: exactly no gradient
+    np.testing.assert_allclose(grad[:5], want_new, rtol=1e-4, atol=1e-6)  # float32 softmax
+    np.testing.assert_allclose(grad[5:], ce_grad(logits[5:], first[1]), rtol=1e-4, atol=1e-6)
+
+
+def test_der_plus_plus_loss_and_stored_logits(rng):
+    """DER++: CE(arriving) + alpha * MSE(replayed logits, stored) + beta * CE(second draw),
+    against float64 NumPy; each arriving example is stored with the logits the model gave
+    it before the update."""
+    learner = _learner_with_memory('der++')
+    x0 = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    y0 = np.array([0, 1, 2, 3] * 2, np.float32)
+    before = learner.net(mx.nd.array(x0)).asnumpy()
+    learner.learn(x0, y0)
+    np.testing.assert_allclose(learner.replay.stream_z[:8], before, rtol=1e-5, atol=1e-6)
+    y = np.full(5, 2, np.float32)
+    first, second = learner.replay.sample(6), learner.replay.sample(6)
+    out = mx.nd.array(rng.standard_normal((17, 4)))
+    loss = online.stream_loss(mx.nd, out, mx.nd.array(learner.terms(y, first, second)), 4).asscalar()
+    z = out.asnumpy().astype(np.float64)
+
+    def ce(logits, labels):
+        shifted = logits - logits.max(1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+        return -logp[np.arange(len(labels)), labels.astype(int)].mean()
+    want = ce(z[:5], y) + 0.3 * ((z[5:11] - first[2]) ** 2).mean() + 0.7 * ce(z[11:], second[1])
+    assert abs(loss - want) <= 1e-5 * abs(want)
 
 
 GOOD = {'pixels': [0] * 784, 'label': 3}
@@ -379,3 +478,145 @@ def test_resume_refuses_a_stream_checkpoint_of_another_version_or_settings(tmp_p
                           input=''.join(mnist_lines[:40]), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
     assert 'was written by mxnag 0.0.1' in proc.stderr
+
+
+# -- task-ordered streams and the replay methods ----------------------------------------------
+
+def six_class_folder(root, rng, per_class=20):
+    """28x28 grey PNGs of six classes (a brightness and a stripe each), train/ and test/."""
+    from PIL import Image
+    for part in ('train', 'test'):
+        for c in range(6):
+            os.makedirs(os.path.join(root, part, 'c%d' % c))
+            for k in range(per_class):
+                image = rng.integers(0, 40, (28, 28)) + 30 * c
+                image[4 * c:4 * c + 4] += 60
+                Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+                    os.path.join(root, part, 'c%d' % c, '%02d.png' % k))
+    return root
+
+
+def task_args(root, *extra):
+    args = ['--data', 'folder:%s' % root, '--tasks', '0-1,c2+c3,4-5', '--model', 'mlp',
+            '--arrival-batch', 5, '--replay-batch', 5, '--reservoir', 30, '--replay', 0,
+            '--lr', 0.01, '--no-progress'] + list(extra)
+    return [sys.executable, '-W', 'ignore', os.path.join(ROOT, 'recipes', 'stream.py')] + \
+        [str(a) for a in args]
+
+
+def test_tasks_arrive_in_order_and_are_measured_after_each(tmp_path, rng):
+    root = six_class_folder(str(tmp_path / 'd'), rng)
+    proc = subprocess.run(task_args(root, '--out', tmp_path / 'r.json', '--checkpoint-dir',
+                                    tmp_path / 'ck', '--checkpoint-every', 4, '--keep', 100),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / 'r.json').read_text())
+    table = result['tasks']
+    assert table['groups'] == [['c0', 'c1'], ['c2', 'c3'], ['c4', 'c5']]
+    assert [len(row['accuracies']) for row in table['per_task']] == [1, 2, 3]
+    final = table['per_task'][-1]['accuracies']
+    assert result['class_il_accuracy'] == pytest.approx(np.mean(final))
+    for g, forgetting in enumerate(table['forgetting'][:-1]):
+        history = [row['accuracies'][g] for row in table['per_task'][g:]]
+        assert forgetting == pytest.approx(max(history) - history[-1])
+    assert table['forgetting'][-1] is None and result['examples_learned'] == 120
+    assert result['bare_step_latency_ms']['batch'] == 15  # 5 arriving, two draws of 5 (der++)
+    assert result['latency_p99_ratio'] > 0
+    # task order: the memory's classes grow group by group, each task's examples once
+    positions = {}
+    for meta_file in sorted((tmp_path / 'ck').glob('epoch-*.json')):
+        meta = json.loads(meta_file.read_text())
+        positions[meta['position']] = len(meta['task_rows'])
+    assert positions[40] == 1 and positions[80] == 2 and positions[120] == 3
+    assert positions[20] == 0 and positions[60] == 1 and positions[100] == 2
+
+
+@pytest.mark.parametrize('method', ['er', 'er-ace', 'der++', 'der++ balanced'])
+def test_resumed_mid_task_ends_bit_exact_with_each_method(tmp_path, rng, method):
+    """A run stopped after a checkpoint in the middle of the second task (the checkpoints
+    after it gone, as kill -9 leaves them) and resumed ends with the uninterrupted run's
+    weights, memory, stored logits and per-task table."""
+    root = six_class_folder(str(tmp_path / 'd'), rng)
+    name, _, memory = method.partition(' ')
+    extra = ['--method', name, '--memory', memory or 'reservoir', '--checkpoint-every', 3,
+             '--keep', 100, '--baseline-every', 0]
+    full = subprocess.run(task_args(root, *extra, '--checkpoint-dir', tmp_path / 'a'),
+                          capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    import shutil
+    shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+    for path in (tmp_path / 'b').iterdir():
+        if int(path.name.split('-')[1].split('.')[0]) > 12:  # 12 updates: 60 examples, mid task 2
+            path.unlink()
+    resumed = subprocess.run(task_args(root, *extra, '--checkpoint-dir', tmp_path / 'b', '--resume'),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resuming from' in resumed.stderr and 'epoch-0012' in resumed.stderr
+    last = 'epoch-0024'
+    for suffix in ('.params', '.replay'):
+        a = mx.nd.load(str(tmp_path / 'a' / (last + suffix)))
+        b = mx.nd.load(str(tmp_path / 'b' / (last + suffix)))
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key].asnumpy(), b[key].asnumpy())
+    if name == 'der++':
+        assert 'stream_z' in a and a['stream_z'].shape == (30, 6)
+    meta_a = json.loads((tmp_path / 'a' / (last + '.json')).read_text())
+    meta_b = json.loads((tmp_path / 'b' / (last + '.json')).read_text())
+    assert meta_a['task_rows'] == meta_b['task_rows'] and len(meta_a['task_rows']) == 3
+    assert meta_a['stream']['correct'] == meta_b['stream']['correct']
+    assert meta_a['stream']['replay'] == meta_b['stream']['replay']
+
+
+def test_bad_tasks_are_named(tmp_path, rng):
+    from mxnag.errors import MxnagError
+    from mxnag.train import tasks
+    names = ('a', 'b', 'c')
+    assert tasks.parse('0-1,c', names) == [['a', 'b'], ['c']]
+    assert tasks.parse('a+2,1', names) == [['a', 'c'], ['b']]
+    for spec, message in (('0-1,1-2', "class b is in more than one place of '0-1,1-2'"),
+                          ('0,,1', "'0,,1' has an empty group"),
+                          ('0-3', "'0-3' in '0-3': the source has classes 0-2"),
+                          ('dog', "'dog' in 'dog' is not a class of the source")):
+        with pytest.raises(MxnagError, match=message):
+            tasks.parse(spec, names)
+
+
+def test_split_mnist_rows_are_stream_arguments(monkeypatch):
+    """recipes/split_mnist.py's rows: the authors' hyperparameters as stream settings; a
+    row's JSON (mean, std over seeds, the arguments that reproduce it); the table beside
+    the published numbers."""
+    from mxnag.train import cli, split_mnist
+    argv = split_mnist.authors_row('der++', 5120)
+    args = cli.parser_for('stream', 'doc\n\nepilog').parse_args(argv)
+    assert (args.method, args.optimizer, args.lr, args.reservoir, args.replay_batch) == \
+        ('der++', 'sgd', 0.1, 5120, 64)
+    assert (args.der_alpha, args.der_beta, args.model, args.tasks, args.normalize, args.replay) == \
+        (0.2, 0.5, 'mlp-100-100', '0-1,2-3,4-5,6-7,8-9', 'none', 0)
+    assert cli.parser_for('stream', 'd\n\ne').parse_args(split_mnist.authors_row('er', 200)).lr == 0.01
+    seen = []
+
+    def fake_run(argv):
+        seen.append(argv)
+        seed = int(argv[argv.index('--seed') + 1])
+        return {'class_il_accuracy': [0.80, 0.82, 0.84][seed], 'latency_p99_ratio': 1.1}
+    monkeypatch.setattr(split_mnist, 'run_once', fake_run)
+    row = split_mnist.run_row(split_mnist.authors_row('er', 200), range(3), '/data', report=lambda *a: None)
+    assert seen[1][-4:] == ['--seed', '1', '--data-dir', '/data']
+    assert (row['method'], row['optimizer'], row['lr'], row['buffer'], row['seeds']) == ('er', 'sgd', 0.01, 200, [0, 1, 2])
+    assert row['accuracies'] == pytest.approx([80, 82, 84]) and row['mean'] == pytest.approx(82)
+    assert row['std'] == pytest.approx(2.0) and row['args'] == split_mnist.authors_row('er', 200)
+    table = split_mnist.markdown([row])
+    assert '| er | sgd | 0.01 | 200 | reservoir | 82.00 ± 2.00 | 80.43 | +1.57 | 1.10x |' in table
+
+
+def test_the_continual_learning_mlp_and_unscaled_pixels():
+    from mxnag.train import run, settings, sources
+    net = models.get_model('mlp-100-100', 10)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((2, 1, 28, 28)))
+    shapes = [p.shape for p in net.collect_params().values()]
+    assert shapes == [(100, 784), (100,), (100, 100), (100,), (10, 100), (10,)]
+    source = sources.Source('x', ('a', 'b'), 3, (4, 4), (0.5,) * 3, (0.2,) * 3, None, None)
+    args = settings.namespace('stream', normalize='none')
+    assert run.normalization(args, source) == ((0.0,) * 3, (1.0,) * 3)

@@ -1,6 +1,6 @@
 """Image classifiers for 1x28x28 inputs, all Gluon HybridBlocks, by name.
 
-``get_model(name, classes)`` knows ``mlp``, ``lenet``, ``seed-cnn`` and every classifier
+``get_model(name, classes)`` knows ``mlp``, ``lenet``, ``seed-cnn``, ``mlp-100-100`` and every classifier
 of the GluonCV model zoo (``resnet18_v1``, ``mobilenetv2_0.25``, ...). The mxnag models
 keep a ``features`` block and an ``output`` layer, so fine-tuning can replace the head.
 """
@@ -12,7 +12,7 @@ from mxnet.gluon import nn
 from . import extras
 from ..errors import MxnagError
 
-MXNAG_MODELS = ('mlp', 'lenet', 'seed-cnn')
+MXNAG_MODELS = ('mlp', 'lenet', 'seed-cnn', 'mlp-100-100')
 
 
 class Classifier(nn.HybridBlock):
@@ -35,6 +35,14 @@ def _mlp():
     return features
 
 
+def _mlp_100_100():
+    """784-100-100 ReLU: the MLP of continual-learning benchmarks on MNIST (Lopez-Paz &
+    Ranzato 2017; the DER paper's Split-MNIST, mammoth's MNISTMLP)."""
+    features = nn.HybridSequential(prefix='')
+    features.add(nn.Flatten(), nn.Dense(100, activation='relu'), nn.Dense(100, activation='relu'))
+    return features
+
+
 def _lenet():
     """LeNet-5 style, with the widths of MXNet's and Caffe's MNIST LeNet (20-50-500)."""
     features = nn.HybridSequential(prefix='')
@@ -54,7 +62,7 @@ def _seed_cnn():
     return features
 
 
-_BUILDERS = {'mlp': _mlp, 'lenet': _lenet, 'seed-cnn': _seed_cnn}
+_BUILDERS = {'mlp': _mlp, 'lenet': _lenet, 'seed-cnn': _seed_cnn, 'mlp-100-100': _mlp_100_100}
 
 
 def gluoncv_model_zoo():
@@ -89,7 +97,7 @@ def check_model(name):
     if name in _BUILDERS:
         return
     if name.lower() not in gluoncv_model_zoo().get_model_list():
-        raise MxnagError('unknown model %r; use mlp, lenet, seed-cnn or a GluonCV model '
+        raise MxnagError('unknown model %r; use mlp, lenet, seed-cnn, mlp-100-100 or a GluonCV model '
                          'zoo classifier (e.g. resnet18_v1)' % name)
 
 

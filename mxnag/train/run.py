@@ -283,6 +283,8 @@ def normalization(args, source, pretrained=None):
     choice = args.normalize
     if choice == 'auto' and pretrained and pretrained.get('input'):
         return tuple(pretrained['input']['mean']), tuple(pretrained['input']['std'])
+    if choice == 'none':
+        return (0.0,) * source.channels, (1.0,) * source.channels
     if choice == 'imagenet':
         if source.channels != 3:
             raise MxnagError('normalize: imagenet needs 3-channel images, %s has %d'

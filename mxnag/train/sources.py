@@ -23,6 +23,7 @@ deviation (published, or measured on the training split) and the two splits, eac
 folders and record files (``read``), so a loader's worker processes decode in parallel.
 Everything that is wrong with the input raises ``DataError`` naming the file or folder.
 """
+import dataclasses
 import hashlib
 import io
 import os
@@ -389,6 +390,22 @@ def _flatten(classes, names):
     paths = [p for name in classes for p in classes[name]]
     labels = np.array([index[name] for name in classes for _ in classes[name]], np.int32)
     return paths, labels
+
+
+def holdout(source, seed=0):
+    """``source`` with its test split replaced by a sixth of its training split (the rest
+    trains): a validation that never sees the test set, for tuning. MNIST's and
+    Fashion-MNIST's training files are in no class order: their last sixth (MNIST: the
+    last 10,000) validates; other sources keep a seeded sixth of each class."""
+    if source.spec in ('mnist', 'fashion-mnist'):
+        order = np.arange(len(source.train))
+        keep = len(order) - len(order) // 6
+        train, valid = order[:keep], order[keep:]
+    else:
+        train, valid = split_indices(source.train.labels, 1 / 6, seed, source.spec,
+                                     source.class_names)
+    return dataclasses.replace(source, train=source.train.subset(train),
+                               test=source.train.subset(valid))
 
 
 def split_indices(labels, val_fraction, seed, where, names=None):

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -27,7 +27,7 @@ from mxnet import gluon
 
 from .. import __version__
 from . import (checkpoint, data, extras, factories, finetune, images, loop, models, online,
-               run as batch, settings, sources)
+               run as batch, settings, sources, tasks)
 from ..errors import MxnagError
 
 log = logging.getLogger(__name__)
@@ -107,14 +107,6 @@ def _as_written(name):
     return int(name) if name.isdigit() else name
 
 
-def _source_iter(split, pick, seed, start) -> Iterator[Tuple[np.ndarray, int]]:
-    """The examples ``pick`` of ``split`` in a seeded order, from the ``start``-th on:
-    (image, source label)."""
-    order = np.random.RandomState(seed).permutation(len(pick))
-    for i in order[start:]:
-        yield split.image(pick[i]), int(split.labels[pick[i]])
-
-
 def open_source(args):
     """The stream's data source: ``args.source`` when it names one (``folder:PATH``, ...),
     else ``args.data`` or the MNIST family's ``args.dataset``."""
@@ -122,7 +114,8 @@ def open_source(args):
         raise MxnagError("source: %r is not mnist, stdin or a data source (folder:PATH, rec:PREFIX, "
                          "cifar10:PATH, ...)" % args.source, ('source',))
     spec = args.source if args.source not in SOURCE_KINDS else (args.data or args.dataset)
-    return sources.parse(spec, args.data_dir, args.val_fraction, args.seed, args.download)
+    source = sources.parse(spec, args.data_dir, args.val_fraction, args.seed, args.download)
+    return sources.holdout(source, args.seed) if args.holdout else source
 
 
 class Stream:
@@ -138,8 +131,12 @@ class Stream:
         self.context = mx.cpu()
         self.source = open_source(args)
         names = self.source.class_names
-        picked = data.parse_classes(args.classes, len(names))
-        self.new_classes = [names[c] for c in picked] if picked else list(names)
+        if args.tasks:
+            self.groups = tasks.parse(args.tasks, names)
+            self.new_classes = [c for group in self.groups for c in group]
+        else:
+            picked = data.parse_classes(args.classes, len(names))
+            self.new_classes = [names[c] for c in picked] if picked else list(names)
         meta = None
         if args.pretrained:
             self.net, meta = finetune.load_pretrained(args.pretrained, [self.context])
@@ -153,6 +150,9 @@ class Stream:
             self.net.initialize(mx.init.Xavier(), ctx=[self.context])
         self.classes = self.old_classes + [c for c in self.new_classes if c not in self.old_classes]
         self.index = {c: k for k, c in enumerate(self.classes)}
+        if not args.tasks:  # one task: the classes the stream brings
+            self.groups = [[c for c in self.new_classes if c not in self.old_classes]]
+        self.task_rows: List[List[Optional[float]]] = []  # accuracies per group after each task
         if meta and meta.get('input'):  # grey data for an RGB model, or the reverse
             self.source = sources.with_channels(self.source, meta['input']['shape'][0])
         size = batch.input_size(args, self.source, meta)
@@ -185,8 +185,12 @@ class Stream:
                 kept_x = self.prepare([self.source.train.image(i) for i in pick])
                 kept_y = np.array([self.index[self.name_of(self.source.train, i)] for i in pick],
                                   np.float32)
+            logits = len(self.classes) if args.method == 'der++' else 0
+            kept_z = online.logits_of(self.net, kept_x, self.context) \
+                if logits and kept_x is not None else None
             replay = online.ReplayMemory(kept_x, kept_y, args.reservoir, self.input_shape,
-                                         seed=args.seed)
+                                         seed=args.seed, balanced=args.memory == 'balanced',
+                                         logits=logits, kept_logits=kept_z)
         if args.features_lr_mult != 1.0:  # the output layer learns at the full rate
             head = set(getattr(self.net, models.output_layer_name(self.net)).collect_params().values())
             for param in self.net.collect_params().values():
@@ -195,7 +199,8 @@ class Stream:
         opt = factories.make_optimizer(self.optimizer, args.lr, factories.parse_opt_args(args.opt_arg))
         trainer = gluon.Trainer(self.net.collect_params(), opt, kvstore=None)
         return online.OnlineLearner(self.net, trainer, self.context, replay,
-                                    replay_per_update=args.replay_batch, window=args.window)
+                                    replay_per_update=args.replay_batch, window=args.window,
+                                    method=args.method, alpha=args.der_alpha, beta=args.der_beta)
 
     def grow(self, name: str) -> None:
         """Add class ``name`` (the model's next output) while the stream runs: the output
@@ -206,6 +211,19 @@ class Stream:
         self.config['model_classes'] = self.classes
         self.learner.grow(len(self.classes), seed=self.args.seed + len(self.classes))
         log.info('class %s added: output %d', json.dumps(name), self.index[name])
+
+    def eval_groups(self):
+        """The groups of classes measured after each task: the checkpoint's classes (if
+        any), then the stream's tasks."""
+        return ([self.old_classes] if self.old_classes else []) + self.groups
+
+    def end_task(self, t: int) -> None:
+        """After task ``t``: the test accuracy on every group seen so far."""
+        groups = self.eval_groups()[:t + 1 + bool(self.old_classes)]
+        self.task_rows.append([self.accuracy(group) for group in groups])
+        log.info('after task %d: %s', t, ', '.join(
+            '%s %s' % ('+'.join(g), '-' if a is None else '%.4f' % a)
+            for g, a in zip(groups, self.task_rows[-1])))
 
     def name_of(self, split, i):
         return self.source.class_names[split.labels[i]]
@@ -274,7 +292,10 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
     progress.log_points()
     if args.checkpoint_dir:
         progress.save()
+    if len(stream.task_rows) < len(stream.groups):  # no --tasks: the one task ends here
+        stream.end_task(len(stream.groups) - 1)
     result = dict(stream.learner.metrics(), config=stream.config, rejected=stream.rejected,
+                  tasks=tasks.summary(stream.eval_groups(), stream.task_rows),
                   class_names=stream.classes, grown_classes=stream.grown,
                   test_accuracy=stream.accuracy(stream.classes),
                   old_classes_test_accuracy_before=stream.old_before,
@@ -282,6 +303,11 @@ def run(args, optimizer: Optional[str] = None, quiet: bool = False, out=None) ->
                   new_classes_test_accuracy=stream.accuracy(
                       [c for c in stream.new_classes if c not in stream.old_classes]),
                   seconds=time.time() - started)
+    result['class_il_accuracy'] = result['tasks']['class_il_accuracy']
+    if progress.baseline is not None:
+        result['bare_step_latency_ms'] = progress.baseline.latency()
+        result['latency_p99_ratio'] = (result['update_latency_ms']['p99'] /
+                                       result['bare_step_latency_ms']['p99'])
     progress.log.write(event='evaluation', examples=stream.learner.seen,
                        test_accuracy=result['test_accuracy'],
                        old_classes_test_accuracy=result['old_classes_test_accuracy'],
@@ -299,6 +325,11 @@ class _Progress:
         self.stream, self.args, self.log = stream, args, metrics_log
         self.logged = len(stream.learner.curve)
         self.last_checkpoint = time.time()
+        self.baseline = None
+        if args.baseline_every:
+            self.baseline = online.BareSteps(stream.net, stream.context, stream.optimizer,
+                                             stream.input_shape, len(stream.classes),
+                                             args.arrival_batch + _replayed(args))
 
     def save(self):
         stream, learner, args = self.stream, self.stream.learner, self.args
@@ -311,7 +342,8 @@ class _Progress:
                                         'mean': [float(m) for m in stream.transform.mean.ravel()],
                                         'std': [float(v) for v in stream.transform.std.ravel()],
                                         'class_names': list(stream.classes)},
-                              'old_classes_test_accuracy_before': stream.old_before})
+                              'old_classes_test_accuracy_before': stream.old_before,
+                              'task_rows': stream.task_rows})
         checkpoint.prune(args.checkpoint_dir, args.keep)
         self.last_checkpoint = time.time()
 
@@ -330,11 +362,22 @@ class _Progress:
 
     def after_update(self):
         learner, args = self.stream.learner, self.args
+        if self.baseline is not None and learner.updates % args.baseline_every == 0 and \
+                self.baseline.classes == len(self.stream.classes):
+            self.baseline.step()
         if len(learner.curve) > self.logged:
             self.log_points()
         if args.checkpoint_dir and (learner.updates % args.checkpoint_every == 0 or
                                     time.time() - self.last_checkpoint >= args.checkpoint_seconds):
             self.save()
+
+
+def _replayed(args):
+    """Replayed examples in an update: der++ draws twice."""
+    if not (args.replay or args.reservoir):
+        return 0
+    per_draw = args.arrival_batch if args.replay_batch is None else args.replay_batch
+    return per_draw * (2 if args.method == 'der++' else 1)
 
 
 def _resume(stream, args):
@@ -354,31 +397,40 @@ def _resume(stream, args):
     meta = learner.restore(prefix, stream.optimizer)
     stream.position, stream.rejected = meta['position'], meta['rejected']
     stream.old_before = meta['old_classes_test_accuracy_before']
+    stream.task_rows = meta.get('task_rows', [])
     log.info('resuming from %s (%d examples learned)', prefix, learner.seen)
 
 
 def _learn_source(stream, args, quiet, after_update):
-    """Learn the training images of the stream's new classes, once, in a seeded order, in
-    arrival batches."""
+    """Learn the training images of the stream's new classes once, in arrival batches: in
+    one seeded order, or (``--tasks``) task after task, each in a seeded order of its own,
+    the accuracy on every group so far measured after each."""
     train = stream.source.train
-    pick = stream.examples_of(train, stream.new_classes)
+    if args.tasks:
+        orders = tasks.orders(train.labels, stream.source.class_names, stream.groups, args.seed)
+    else:
+        pick = stream.examples_of(train, stream.new_classes)
+        orders = [pick[np.random.RandomState(args.seed).permutation(len(pick))]]
     bar = None
     if not args.no_progress and not quiet:
         tqdm = extras.require('tqdm', 'progress bars (unless no_progress)', ('no_progress',)).tqdm
-        bar = tqdm(total=len(pick), initial=stream.position, unit='example', mininterval=1.0)
-    source = _source_iter(train, pick, args.seed, stream.position)
+        bar = tqdm(total=sum(map(len, orders)), initial=stream.position, unit='example',
+                   mininterval=1.0)
     names = stream.source.class_names
-    while True:
-        chunk = [item for _, item in zip(range(args.arrival_batch), source)]
-        if not chunk:
-            break
-        arrival = time.perf_counter()
-        stream.learn([image for image, _ in chunk], [names[label] for _, label in chunk],
-                     arrival=arrival)
-        stream.position += len(chunk)
-        if bar is not None:
-            bar.update(len(chunk))
-        after_update()
+    begin = 0
+    for t, order in enumerate(orders):
+        for start in range(max(stream.position - begin, 0), len(order), args.arrival_batch):
+            chunk = order[start:start + args.arrival_batch]
+            arrival = time.perf_counter()
+            stream.learn([train.image(i) for i in chunk], [names[train.labels[i]] for i in chunk],
+                         arrival=arrival)
+            stream.position += len(chunk)
+            if args.tasks and stream.position == begin + len(order):
+                stream.end_task(t)
+            if bar is not None:
+                bar.update(len(chunk))
+            after_update()
+        begin += len(order)
     if bar is not None:
         bar.close()
 
@@ -423,6 +475,23 @@ def _learn_stdin(stream, args, out, after_update):
         stream.learn(pictures, names, np.array(predictions))
 
 
+def compare_table(runs) -> str:
+    """Markdown: a row per optimizer's stream results (``runs``: {optimizer: results})."""
+    lines = ['| optimizer | prequential accuracy | test accuracy (all classes) | old classes '
+             '(before -> after) | new classes | update latency p50 / p99 ms | p99 / bare step |',
+             '|---|---:|---:|---:|---:|---:|---:|']
+    for name, r in runs.items():
+        before = r['old_classes_test_accuracy_before']
+        old = ('%.2f%% -> %.2f%%' % (100 * before, 100 * r['old_classes_test_accuracy'])
+               if before is not None else '-')
+        ratio = r.get('latency_p99_ratio')
+        lines.append('| %s | %.2f%% | %.2f%% | %s | %.2f%% | %.1f / %.1f | %s |' % (
+            name, 100 * r['prequential_accuracy'], 100 * r['test_accuracy'], old,
+            100 * r['new_classes_test_accuracy'], r['update_latency_ms']['p50'],
+            r['update_latency_ms']['p99'], '%.2fx' % ratio if ratio else '-'))
+    return '\n'.join(lines)
+
+
 def compare(args) -> dict:
     """The same stream once per optimizer of ``args.compare`` (each at its own default
     learning rate unless ``args.lr``): ``{'runs': {optimizer: results}, 'table': markdown}``,
@@ -435,18 +504,7 @@ def compare(args) -> dict:
     for name in names:
         log.info('stream with %s', name)
         runs[name] = run(args, optimizer=name, quiet=True)
-    lines = ['| optimizer | prequential accuracy | test accuracy (all classes) | old classes '
-             '(before -> after) | new classes | update latency p50 / p99 ms |',
-             '|---|---:|---:|---:|---:|---:|']
-    for name, r in runs.items():
-        before = r['old_classes_test_accuracy_before']
-        old = ('%.2f%% -> %.2f%%' % (100 * before, 100 * r['old_classes_test_accuracy'])
-               if before is not None else '-')
-        lines.append('| %s | %.2f%% | %.2f%% | %s | %.2f%% | %.1f / %.1f |' % (
-            name, 100 * r['prequential_accuracy'], 100 * r['test_accuracy'], old,
-            100 * r['new_classes_test_accuracy'], r['update_latency_ms']['p50'],
-            r['update_latency_ms']['p99']))
-    table = '\n'.join(lines)
+    table = compare_table(runs)
     os.makedirs(args.out_dir, exist_ok=True)
     checkpoint.write_json(os.path.join(args.out_dir, 'stream_compare.json'), {'runs': runs})
     checkpoint.write_file(os.path.join(args.out_dir, 'stream_compare.md'),

@@ -5,15 +5,13 @@ Markdown and a PNG plot. Shapes and classes come from the source.
 
 Learning rates were tuned by ``recipes/compare_optimizers.py --tune``: one epoch of each
 model on the first five sixths of the training images (MNIST: the first 50,000) per grid
-value, the best accuracy on the last sixth (never the test set) wins. ``TUNED_LR`` holds
-what that command printed for MNIST; other data take ``--lrs`` (a tune's output) or each
-optimizer's default learning rate.
+value, the best accuracy on the last sixth (``sources.holdout``; never the test set)
+wins. ``TUNED_LR`` holds what that command printed for MNIST; other data take ``--lrs``
+(a tune's output) or each optimizer's default learning rate.
 """
-import dataclasses
 import logging
 import statistics
 
-import numpy as np
 
 from . import extras, factories, loop, run, settings, sources
 
@@ -56,26 +54,9 @@ def train_once(args, train_loader, test_loader, num_classes, log=None):
     return history
 
 
-def holdout(source, seed=0):
-    """``source`` with its test split replaced by a sixth of its training split (the rest
-    trains): the tune's validation, which never sees the test set. MNIST's and
-    Fashion-MNIST's training files are in no class order: their last sixth (MNIST: the
-    last 10,000) validates, as when ``TUNED_LR`` was tuned; other sources keep a seeded
-    sixth of each class."""
-    if source.spec in ('mnist', 'fashion-mnist'):
-        order = np.arange(len(source.train))
-        keep = len(order) - len(order) // 6
-        train, valid = order[:keep], order[keep:]
-    else:
-        train, valid = sources.split_indices(source.train.labels, 1 / 6, seed, source.spec,
-                                             source.class_names)
-    return dataclasses.replace(source, train=source.train.subset(train),
-                               test=source.train.subset(valid))
-
-
 def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=None, data=None):
     """The best learning rate of each grid in ``LR_GRID`` by validation accuracy
-    (``holdout``) on data source ``data`` (default MNIST); each score goes to ``report``
+    (``sources.holdout``) on data source ``data`` (default MNIST); each score goes to ``report``
     (default: this module's logger)."""
     report = report or logger.info
     best = {}
@@ -85,7 +66,8 @@ def tune(models, optimizers, data_dir=None, epochs=1, seed=0, report=None, data=
             scores = {}
             for lr in LR_GRID[optimizer]:
                 args = run_args(model, optimizer, lr, epochs, seed, data_dir=data_dir, data=data)
-                train, valid, classes = run.load_data(args, source=holdout(run.open_source(args), seed))
+                held_out = sources.holdout(run.open_source(args), seed)
+                train, valid, classes = run.load_data(args, source=held_out)
                 history = train_once(args, train, valid, classes)
                 scores[lr] = history[-1]['test_accuracy']
                 report('tune %s %s lr=%g: validation accuracy %.4f' % (model, optimizer, lr, scores[lr]))
