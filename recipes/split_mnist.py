@@ -14,8 +14,9 @@ rate, and ER, ER-ACE and DER++ with adanag, adan and nadamw at the learning rate
 chose (on the last 10,000 training images, seed 100, never the test set; written to
 OUT_DIR/split_mnist_tuned.json and read from there). Each row runs --seeds seeds (0, 1,
 ...). Writes OUT_DIR/split_mnist.json ({"runs": [{"method", "optimizer", "lr", "buffer",
-"seeds", "accuracies", "mean", "std", "args"}]}; args with --seed S --data-dir D --out F
-added reproduce a run with recipes/mnist_stream.py) and OUT_DIR/split_mnist.md.
+"memory", "seeds", "accuracies", "mean", "std", "latency_p99_ratio", "args"}]}; args with
+--seed S --data-dir D --out F added reproduce a run with recipes/mnist_stream.py) and
+OUT_DIR/split_mnist.md.
 """
 import argparse
 import json
@@ -63,7 +64,8 @@ def main(argv=None):
     except ValueError:
         raise MxnagError('--buffers: %r is not a list of sizes' % args.buffers) from None
     if any(b not in sm.BUFFERS for b in buffers):
-        raise MxnagError('--buffers: the protocol has %s' % ', '.join(map(str, sm.BUFFERS)))
+        raise MxnagError('--buffers: %r: the protocol has %s'
+                         % (args.buffers, ', '.join(map(str, sm.BUFFERS))))
     optimizers = [o for o in args.optimizers.split(',') if o]
     tuned_path = os.path.join(args.out_dir, 'split_mnist_tuned.json')
     os.makedirs(args.out_dir, exist_ok=True)

@@ -191,6 +191,14 @@ def test_cifar_download_is_checked_and_extracted_whole(tmp_path, rng, monkeypatc
     np.testing.assert_array_equal(source.train.images, np.concatenate([written[f][0] for f in train_files]))
     archive.write_bytes(b'not this')  # found now: not fetched again
     assert sources.parse('cifar10:%s' % target, download=True).class_names == tuple(names)
+    partial = tmp_path / 'partial'
+    (partial / 'cifar-10-batches-py').mkdir(parents=True)  # a download cut short by hand
+    (partial / 'cifar-10-batches-py' / 'data_batch_1').write_bytes(b'x')
+    with tarfile.open(archive, 'w:gz') as tar:
+        tar.add(tmp_path / 'made' / 'cifar-10-batches-py', 'cifar-10-batches-py')
+    monkeypatch.setitem(sources.CIFAR_ARCHIVES, 'cifar10', (url, hashlib.md5(archive.read_bytes()).hexdigest()))
+    with pytest.raises(DataError, match='cifar-10-batches-py: exists but is not a whole CIFAR10 set'):
+        sources.parse('cifar10:%s' % partial, download=True)
 
 
 def test_mnist_source_is_the_idx_path_bit_for_bit(mnist_dir):

@@ -94,8 +94,8 @@ class ReplayMemory:
         shape = tuple(shape)
         kept_x = np.zeros((0,) + shape, np.float32) if kept_x is None else kept_x.astype(np.float32)
         kept_y = np.zeros((0,), np.float32) if kept_y is None else kept_y.astype(np.float32)
-        kept_z = np.zeros((len(kept_y), logits), np.float32) if kept_logits is None \
-            else kept_logits.astype(np.float32)
+        kept_z = np.full((len(kept_y), logits), np.nan, np.float32) if kept_logits is None \
+            else kept_logits.astype(np.float32)  # NaN: no stored logit (left out of DER++)
         self.balanced = balanced
         self.capacity = reservoir + (len(kept_y) if balanced else 0)
         self.stream_x = np.zeros((self.capacity,) + shape, np.float32)
@@ -290,8 +290,9 @@ class OnlineLearner:
       independent draw of replayed examples; each arriving example is stored with the
       logits the model gave it (the memory must store logits).
 
-    All examples of an update go through the network in one forward pass (the models here
-    have no batch statistics, so this is the sum of the separate passes' losses).
+    All examples of an update go through the network in one forward pass: for a network
+    without batch statistics the same as separate passes; with batch normalisation the
+    statistics are the whole update's (the DER paper's code makes a pass per draw).
     ``metrics()`` gives the prequential accuracy, the curve, latency percentiles and
     throughput; the counters are part of ``state()``."""
 
@@ -544,14 +545,20 @@ class BareSteps:
     """The baseline of a stream's update latency, measured in the same run between its
     updates: a bare Gluon training step (forward, backward, ``trainer.step``, wait) of the
     stream's own network on a random batch of ``batch`` examples, through a second
-    ``gluon.Trainer`` of the same optimizer kind at learning rate 0 and no weight decay,
-    so the weights do not move (a step of exactly 0; the stream's trainer and states are
-    untouched). ``step()`` times one; ``latency()`` gives the percentiles (ms)."""
+    ``gluon.Trainer`` of the same optimizer (``optimizer_name`` with ``opt_args``) at
+    learning rate 0 and no weight decay. Every parameter (batch normalisation's running
+    statistics too) is copied before and put back after each timed step, so nothing the
+    stream learns moves, whatever the optimizer does at rate 0 (some divide by it); the
+    stream's trainer and states are not touched. ``step()`` times one; ``latency()``
+    gives the percentiles (ms)."""
 
-    def __init__(self, net, context, optimizer_name, input_shape, classes, batch, seed=0):
-        optimizer = mx.optimizer.create(optimizer_name, learning_rate=0.0, wd=0.0)
+    def __init__(self, net, context, optimizer_name, input_shape, classes, batch, seed=0,
+                 opt_args=None):
+        optimizer = mx.optimizer.create(optimizer_name, **dict(opt_args or {}, learning_rate=0.0,
+                                                                wd=0.0))
         self.net, self.context, self.batch = net, context, batch
-        self.trainer = gluon.Trainer(net.collect_params(), optimizer, kvstore=None)
+        self.params = list(net.collect_params().values())
+        self.trainer = gluon.Trainer(self.params, optimizer, kvstore=None)
         self.shape, self.classes = (batch,) + tuple(input_shape), classes
         self.rng = np.random.RandomState(seed)
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -561,6 +568,7 @@ class BareSteps:
         x = nd.array(self.rng.standard_normal(self.shape).astype(np.float32), ctx=self.context)
         y = nd.array(self.rng.randint(self.classes, size=self.batch).astype(np.float32),
                      ctx=self.context)
+        saved = [p.data(self.context).copy() for p in self.params]
         nd.waitall()
         start = time.perf_counter()
         with autograd.record():
@@ -569,6 +577,9 @@ class BareSteps:
         self.trainer.step(1)
         nd.waitall()
         self.times_ms.append((time.perf_counter() - start) * 1e3)
+        for param, value in zip(self.params, saved):
+            param.set_data(value)
+        nd.waitall()
 
     def latency(self) -> dict:
         times = np.array(self.times_ms) if self.times_ms else np.array([np.nan])

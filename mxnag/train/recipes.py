@@ -67,6 +67,9 @@ def stream(args):
     if args.grow and args.source != 'stdin':
         raise MxnagError('grow: adds the classes that stdin lines name; with --source %s every '
                          'class is known at the start' % args.source, ('grow', 'source'))
+    if args.tasks and args.source == 'stdin':
+        raise MxnagError('tasks: orders a data source\'s images; stdin lines come in their own '
+                         'order', ('tasks', 'source'))
     if args.tensorboard:
         extras.require('tensorboardX', 'TensorBoard logs', ('tensorboard',), extra='tensorboard')
     if args.resume and not args.checkpoint_dir:

@@ -147,7 +147,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('compare_scratch', False, 'also train the same model from scratch on the same examples',
             group='fine-tuning', recipes=('finetune',), action='store_true', config=False),
     # training
-    Setting('model', 'lenet', 'mlp, lenet, seed-cnn or a GluonCV classifier name (default %(default)s)',
+    Setting('model', 'lenet', 'mlp, lenet, seed-cnn, mlp-100-100 or a GluonCV classifier name '
+            '(default %(default)s)',
             defaults={'finetune': None}, resume=True, recipes=RECIPES),
     Setting('optimizer', 'adanag', 'any registered optimizer: adanag, adan, nadamw, sgd, nag, adam, '
             'nadam, ... (default %(default)s)', resume=True, recipes=RECIPES),

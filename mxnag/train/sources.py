@@ -211,17 +211,30 @@ def download_cifar(kind, path, url=None, md5=None):
         if digest.hexdigest() != md5:
             raise DataError('%s: the downloaded file has MD5 %s, not %s (a damaged or different '
                             'file; nothing was extracted)' % (url, digest.hexdigest(), md5))
-        try:
-            with tarfile.open(archive, 'r:gz') as tar:
-                members = [m for m in tar.getmembers() if m.name.split('/')[0] == folder]
-                tar.extractall(work, members=members, filter='data')
-        except (OSError, tarfile.TarError, EOFError) as err:
-            raise DataError('%s: cannot extract (%s)' % (url, err)) from None
-        if not os.path.isdir(os.path.join(work, folder)):
-            raise DataError('%s: the archive holds no %s/ folder' % (url, folder))
+        _extract(archive, folder, work, url)
+        if os.path.exists(os.path.join(path, folder)):
+            raise DataError('%s: exists but is not a whole %s set; remove it to download again'
+                            % (os.path.join(path, folder), kind.upper()))
         os.replace(os.path.join(work, folder), os.path.join(path, folder))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _extract(archive, folder, work, url):
+    """The regular files and folders under ``folder/`` of a .tar.gz, into ``work`` (no
+    links, no absolute or upward paths)."""
+    try:
+        with tarfile.open(archive, 'r:gz') as tar:
+            members = [m for m in tar.getmembers() if m.name.split('/')[0] == folder]
+            unsafe = [m.name for m in members if not (m.isfile() or m.isdir()) or
+                      os.path.isabs(m.name) or '..' in m.name.split('/')]
+            if unsafe:
+                raise DataError('%s: the archive holds %s, not a plain file' % (url, unsafe[0]))
+            tar.extractall(work, members=members)
+    except (OSError, tarfile.TarError, EOFError) as err:
+        raise DataError('%s: cannot extract (%s)' % (url, err)) from None
+    if not os.path.isdir(os.path.join(work, folder)):
+        raise DataError('%s: the archive holds no %s/ folder' % (url, folder))
 
 
 def _find_cifar(kind, path):

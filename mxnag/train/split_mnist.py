@@ -6,9 +6,10 @@ task (the mean of the five tasks' test accuracies).
 
 ``AUTHORS`` holds the authors' best hyperparameters for plain SGD (mammoth's
 ``utils/best_args.py`` at commit 7ab9db9, seq-mnist) and ``PUBLISHED`` their numbers
-(mammoth's README at that commit). ``rows(...)`` builds the grid of runs, each a list
-of ``recipes/mnist_stream.py`` arguments; ``run_row`` runs one over seeds in this
-process; ``tune`` picks an mxnag optimizer's learning rate on held-out training images.
+(mammoth's README at that commit). ``arguments`` and ``authors_row`` make a run's
+``recipes/mnist_stream.py`` arguments (the grid is ``recipes/split_mnist.py``'s);
+``run_row`` runs one over seeds in this process; ``tune`` picks an mxnag optimizer's
+learning rate on held-out training images.
 """
 import statistics
 from typing import Dict, List, Sequence
@@ -71,10 +72,12 @@ def run_row(argv: Sequence[str], seeds: Sequence[int], data_dir: str = None,
         extra = ['--seed', str(seed)] + (['--data-dir', data_dir] if data_dir else [])
         result = run_once(list(argv) + extra)
         accuracies.append(100 * result['class_il_accuracy'])
-        if result.get('latency_p99_ratio'):
-            ratios.append(result['latency_p99_ratio'])
-        report('%s seed %d: %.2f%% (p99 latency %.2fx a bare step)'
-               % (' '.join(argv[len(COMMON):]), seed, accuracies[-1], ratios[-1] if ratios else 0))
+        ratio = result.get('latency_p99_ratio')
+        if ratio:
+            ratios.append(ratio)
+        report('%s seed %d: %.2f%% (p99 latency %s a bare step)'
+               % (' '.join(argv[len(COMMON):]), seed, accuracies[-1],
+                  '%.2fx' % ratio if ratio else 'not measured against'))
     get = {argv[i]: argv[i + 1] for i in range(len(COMMON), len(argv) - 1, 2)}
     return {'method': get['--method'], 'optimizer': get['--optimizer'], 'lr': float(get['--lr']),
             'buffer': int(get['--reservoir']), 'memory': get['--memory'], 'seeds': list(seeds),
@@ -85,7 +88,7 @@ def run_row(argv: Sequence[str], seeds: Sequence[int], data_dir: str = None,
 
 
 def tune(configs, data_dir=None, seed=100, report=print):
-    """For each configuration (``(label, argv without --lr)`` pairs... see ``candidates``),
+    """For each configuration (``(label, make)`` pairs, ``make(lr)`` giving its arguments),
     the learning rate of ``LR_GRID`` with the best class-IL accuracy on held-out training
     images (``--holdout``: the last 10,000 training images, not streamed) with ``seed``
     (not one of the reported seeds). Returns ``{label: lr}``."""

@@ -186,6 +186,8 @@ class Stream:
                 kept_y = np.array([self.index[self.name_of(self.source.train, i)] for i in pick],
                                   np.float32)
             logits = len(self.classes) if args.method == 'der++' else 0
+            # what the model says of them now, every output (the new classes' too: as DER
+            # stores an example's whole output; it holds their logits down on old classes)
             kept_z = online.logits_of(self.net, kept_x, self.context) \
                 if logits and kept_x is not None else None
             replay = online.ReplayMemory(kept_x, kept_y, args.reservoir, self.input_shape,
@@ -198,9 +200,11 @@ class Stream:
                     param.lr_mult = args.features_lr_mult
         opt = factories.make_optimizer(self.optimizer, args.lr, factories.parse_opt_args(args.opt_arg))
         trainer = gluon.Trainer(self.net.collect_params(), opt, kvstore=None)
-        return online.OnlineLearner(self.net, trainer, self.context, replay,
-                                    replay_per_update=args.replay_batch, window=args.window,
-                                    method=args.method, alpha=args.der_alpha, beta=args.der_beta)
+        learner = online.OnlineLearner(self.net, trainer, self.context, replay,
+                                       replay_per_update=args.replay_batch, window=args.window,
+                                       method=args.method, alpha=args.der_alpha, beta=args.der_beta)
+        learner.seen_classes.update(range(len(self.old_classes)))  # the checkpoint's: seen
+        return learner
 
     def grow(self, name: str) -> None:
         """Add class ``name`` (the model's next output) while the stream runs: the output
@@ -329,7 +333,8 @@ class _Progress:
         if args.baseline_every:
             self.baseline = online.BareSteps(stream.net, stream.context, stream.optimizer,
                                              stream.input_shape, len(stream.classes),
-                                             args.arrival_batch + _replayed(args))
+                                             args.arrival_batch + _replayed(args),
+                                             opt_args=factories.parse_opt_args(args.opt_arg))
 
     def save(self):
         stream, learner, args = self.stream, self.stream.learner, self.args
@@ -472,7 +477,7 @@ def _learn_stdin(stream, args, out, after_update):
             pictures, names, predictions = [], [], []
             after_update()
     if names:  # the end of the input: learn what is left
-        stream.learn(pictures, names, np.array(predictions))
+        stream.learn(pictures, names, np.array(predictions), arrival)
 
 
 def compare_table(runs) -> str:
@@ -515,7 +520,8 @@ def compare(args) -> dict:
         ax.plot(curve[:, 0], 100 * curve[:, 1], label=name)
     ax.set_xlabel('examples seen')
     ax.set_ylabel('windowed prequential accuracy (%)')
-    ax.set_title('Stream of classes %s, window %d' % (args.classes, args.window))
+    ax.set_title('Stream of %s %s, window %d' % ('tasks' if args.tasks else 'classes',
+                                                 args.tasks or args.classes, args.window))
     ax.legend()
     ax.grid(alpha=0.3)
     checkpoint.write_file(os.path.join(args.out_dir, 'stream_compare.png'),

@@ -45,8 +45,11 @@ def _item(item, names, spec):
                          '(classes: %s)' % (item, spec, ', '.join(names[:12]) +
                                             (', ...' if len(names) > 12 else '')),
                          ('tasks',)) from None
+    if not numbers:
+        raise MxnagError('tasks: %r in %r is an empty range (write it low-high)' % (item, spec),
+                         ('tasks',))
     bad = [n for n in numbers if not 0 <= n < len(names)]
-    if bad or not numbers:
+    if bad:
         raise MxnagError('tasks: %r in %r: the source has classes 0-%d' % (item, spec, len(names) - 1),
                          ('tasks',))
     return [names[n] for n in numbers]
