@@ -225,6 +225,14 @@ def test_transforms_shapes_and_seeding(rng):
     assert any(not np.array_equal(outs[0], o) for o in outs[1:])
     for out in outs:  # a shifted (maybe flipped) copy of the image, zeros where padded
         assert set(np.unique(np.round(out))) <= set(np.unique(image)) | {0}
+    shift = images.Transform((40, 50), 'crop', True, (0.0,) * 3, (1 / 255.0,) * 3)
+    for k in range(20):  # no flip: the crop a crop-flip of the same numbers starts from
+        state = np.random.RandomState(k)
+        top, left = state.randint(0, 2 * 5 + 1, 2)
+        padded = np.zeros((50, 60, 3), np.uint8)
+        padded[5:-5, 5:-5] = image
+        want = padded[top:top + 40, left:left + 50].transpose(2, 0, 1)
+        np.testing.assert_allclose(shift(image, np.random.RandomState(k)), want, rtol=1e-6)
     plain = images.Transform((40, 50), 'none', True, (0.0,) * 3, (1 / 255.0,) * 3)
     np.testing.assert_allclose(plain(image), image.transpose(2, 0, 1), rtol=1e-6)
 

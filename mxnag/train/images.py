@@ -25,7 +25,7 @@ from . import data  # (data imports this module's ArrayLoader at its end)
 
 logger = logging.getLogger(__name__)
 
-AUGMENTS = ('none', 'crop-flip', 'resized-crop-flip')
+AUGMENTS = ('none', 'crop', 'crop-flip', 'resized-crop-flip')
 
 
 def default_augment(source_kind, size):
@@ -64,8 +64,8 @@ class Transform:
         return self.train and self.augment != 'none'
 
     def __call__(self, image, rng=None):
-        if self.train and self.augment == 'crop-flip':
-            image = self._crop_flip(_resize(image, self.size), rng)
+        if self.train and self.augment in ('crop', 'crop-flip'):
+            image = self._crop_flip(_resize(image, self.size), rng, self.augment == 'crop-flip')
         elif self.train and self.augment == 'resized-crop-flip':
             image = self._resized_crop_flip(image, rng)
         elif self.augment == 'resized-crop-flip':
@@ -79,13 +79,15 @@ class Transform:
         x = np.moveaxis(images.astype(np.float32), -1, -3) / 255.0
         return (x - self.mean) / self.std
 
-    def _crop_flip(self, image, rng):
+    def _crop_flip(self, image, rng, flip=True):
+        """CIFAR's augmentation: pad by an eighth of the size, crop at random, and (with
+        ``flip``) mirror half the images; without it for digits and text."""
         pad = max(1, self.size[0] // 8)
         padded = np.zeros((image.shape[0] + 2 * pad, image.shape[1] + 2 * pad, image.shape[2]), np.uint8)
         padded[pad:-pad, pad:-pad] = image
         top, left = rng.randint(0, 2 * pad + 1, 2)
         image = padded[top:top + self.size[0], left:left + self.size[1]]
-        return image[:, ::-1] if rng.rand() < 0.5 else image
+        return image[:, ::-1] if flip and rng.rand() < 0.5 else image
 
     def _resized_crop_flip(self, image, rng):
         height, width = image.shape[:2]

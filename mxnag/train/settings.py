@@ -105,8 +105,9 @@ SETTINGS: Tuple[Setting, ...] = (
             'all images share one, else 32 for GluonCV cifar_* models, 28 for mxnag\'s, 224 '
             'for the rest; fine-tuning: the pretrained model\'s)', type=positive_int,
             group='data', resume=True, recipes=RECIPES, metavar='SIZE'),
-    Setting('augment', 'auto', 'training transforms as GluonCV makes them: none, crop-flip (pad '
-            'and crop, flip: CIFAR\'s), resized-crop-flip (ImageNet\'s) (default auto: none for '
+    Setting('augment', 'auto', 'training transforms as GluonCV makes them: none, crop (pad and '
+            'crop: for digits and text), crop-flip (pad and crop, flip: CIFAR\'s), '
+            'resized-crop-flip (ImageNet\'s) (default auto: none for '
             'mnist and fashion-mnist, crop-flip up to 64x64, else resized-crop-flip)',
             group='data', choices=('auto',) + images.AUGMENTS, resume=True, recipes=BATCH),
     Setting('normalize', 'auto', "per-channel standardisation: 'data' (the training images' mean "
