@@ -5,19 +5,22 @@ numpy (1.x or 2.x) and, on a GPU, CuPy: no MXNet.
     python benchmarks/gpu_check.py [--emulate] [--json out.json] [--steps 12] [--no-timings]
 
 Every entry point (each step rule the optimizers run x float32 / float64 / float16 with
-float32 master weights x 1, 2, 4 and 8 tensors per launch) runs several steps for every
+float32 master weights, and float32 / float16 with 8-bit states, x 1, 2, 4 and 8 tensors
+per launch) runs several steps for every
 mxnag optimizer (adanag, adan, nadamw: their own coefficient sequences, computed by their
 own code) against the float64 references of tests/reference.py: odd sizes, more elements
 than a launch has threads (grid-stride loops), a learning rate and a step count of its
 own for each tensor of a launch (tensors join the group step by step), the step flag
-(a skipped step changes nothing, the step count included) and NaN/Inf propagation.
+(a skipped step changes nothing, the step count included) and NaN/Inf propagation; the
+8-bit entry points every step against the float64 reference of the quantised algorithm
+(codes equal except ties).
 
 On a GPU the kernels run through CuPy (the source and argument lists mx.rtc gets), and
 each kernel is timed on 10M and 100M float32 elements and on ResNet-50's parameter shapes
 against a device-to-device copy of the same bytes and a streaming kernel that reads 4 and
 writes 3 arrays (an update's traffic, the floor). ``--emulate`` runs the same checks with
 no GPU: the source compiled by the C++ compiler through tests/cuda_host_emulation.cc
-(a launch's threads one after another). Exit 0 only when every case passes; with neither
+(a launch's threads one after another; an 8-bit kernel's, a block at a time at a barrier). Exit 0 only when every case passes; with neither
 a GPU nor ``--emulate``, one line saying so and exit 2.
 
 The kernel source and its launch table (mxnag/kernels/cuda.py) and the optimizers'
@@ -129,7 +132,7 @@ class Emulated:
         with open(os.path.join(workdir, 'kernels.inc'), 'w') as f:
             f.write(''.join('MXNAG_KERNEL(%s)\n' % n for n in cuda.kernel_names(*rules)))
         library = os.path.join(workdir, 'emulated.so')
-        subprocess.run([compiler, '-std=c++17', '-O2', '-shared', '-fPIC', '-I', workdir,
+        subprocess.run([compiler, '-std=c++20', '-O2', '-shared', '-fPIC', '-pthread', '-I', workdir,
                         '-I', os.path.join(root, 'mxnag', 'kernels', 'src'),
                         os.path.join(root, 'tests', 'cuda_host_emulation.cc'), '-o', library],
                        check=True)
@@ -144,7 +147,7 @@ class Emulated:
     def numpy(self, array):
         return np.array(array)
 
-    _C_TYPES = {np.float32: ctypes.c_float, np.float64: ctypes.c_double,
+    _C_TYPES = {np.float32: ctypes.c_float, np.float64: ctypes.c_double,  # scalars
                 np.int32: ctypes.c_int, np.int64: ctypes.c_int64}
 
     def launch(self, name, grid, block, args):
@@ -248,6 +251,84 @@ def run_case(backend, cuda, cls, reference, dtype, count, rng, steps=STEPS):
     return worst, bool(held)
 
 
+def run_coded_case(backend, cuda, cls, reference, dtype, count, rng, steps=STEPS):
+    """The 8-bit entry point of ``dtype`` (float32, or float16 with float32 master weights)
+    for ``count`` tensors, ``steps`` steps as in ``run_case``, each step checked against the
+    float64 reference of the quantised algorithm (tests/reference.py: the device's codes
+    decoded, the published step, the nearest codes): the weight to float32 rounding, the
+    scales, and the codes equal except ties (``reference.codes_agree``: a value within
+    float32 rounding of a midpoint may take either code).
+    Returns the largest relative error of a step's displacement and whether the codes,
+    scales, skipped step and step counts held."""
+    opt = cls(learning_rate=LR, wd=WD, clip_gradient=2.0)
+    rule = cls.rule
+    non_negative = [state in rule.non_negative for state in rule.states]
+    table = np.array([opt._step_factors(t) for t in range(1, steps + 1)], np.float64)
+    device_table = backend.array(table)
+    tensors = []
+    for k in range(count):
+        size = SIZES[k]
+        blocks = -(-size // reference.CODE_BLOCK)
+        w0 = rng.standard_normal(size).astype(np.float32)
+        drift = rng.standard_normal(size)
+        grads = [(drift + rng.standard_normal(size)).astype(np.float32) for _ in range(steps)]
+        if dtype == 'float16':
+            w0, grads = w0.astype(np.float16), [g.astype(np.float16) for g in grads]
+        states = []
+        for _ in rule.states:
+            states += [backend.array(np.zeros(size, np.uint8)), backend.array(np.zeros(blocks, np.float32))]
+        lr = LR * (1 + k / 10)
+        tensors.append({'w0': w0, 'grads': grads, 'lr': lr, 'join': k, 'attempted': 0, 'applied': 0,
+                        'weight': backend.array(w0.astype(np.float32)), 'states': states,
+                        'weight16': backend.array(w0) if dtype == 'float16' else None,
+                        'step': backend.array(np.zeros(2, np.float64)), 'scalars': opt._scalars(lr, WD)})
+    flag_on, flag_off = backend.array(np.ones(1, np.float32)), backend.array(np.zeros(1, np.float32))
+    skip_step = steps // 2
+    held, worst = True, 0.0
+    for step in range(steps):
+        live = [t for t in tensors if t['join'] <= step]
+        flag = flag_off if step == skip_step else flag_on
+        before = {id(t): [backend.numpy(a).copy() for a in [t['weight']] + t['states']] for t in live}
+        start = 0
+        for n in cuda.split(len(live)):
+            chunk, start = live[start:start + n], start + n
+            args = cuda.kernel_arguments(
+                rule, [(backend.array(t['grads'][t['applied']].astype(dtype)), t['weight'],
+                        t['states'], t['weight16'], t['w0'].size, t['scalars'], t['step'],
+                        t['attempted'] % 2) for t in chunk],
+                opt._shared_coefficients(), flag, device_table, len(table))
+            grid, block = cuda.launch_shape([t['w0'].size for t in chunk])
+            grid = (min(grid[0], MAX_BLOCKS), grid[1], 1)
+            backend.launch(cuda.kernel_name(rule, dtype, n, coded=True), grid, block, args)
+        for t in live:
+            old = before[id(t)]
+            now = [backend.numpy(a) for a in [t['weight']] + t['states']]
+            t['attempted'] += 1
+            if flag is flag_off:  # nothing moved: weight, codes, scales
+                held &= all(np.array_equal(a, b) for a, b in zip(old, now))
+                continue
+            decoded = {name: reference.decode_state(old[1 + 2 * j], old[2 + 2 * j], non_negative[j])
+                       for j, name in enumerate(rule.states)}
+            w_before = old[0].astype(np.float64)
+            w_ref, states_ref = getattr(reference, cls.__name__.lower())(
+                w_before, [t['grads'][t['applied']].astype(np.float32)], [t['lr']], wd=WD, clip=2.0,
+                start=dict(decoded, t=t['applied']), return_states=True)
+            t['applied'] += 1
+            moved = max(np.linalg.norm(w_ref - w_before), 1e-30)
+            worst = max(worst, float(np.linalg.norm(now[0].astype(np.float64) - w_ref) / moved))
+            for j, name in enumerate(rule.states):
+                codes_ref, scales_ref = reference.encode_state(states_ref[name], non_negative[j])
+                codes, scales = now[1 + 2 * j], now[2 + 2 * j]
+                held &= bool(np.allclose(scales, scales_ref, rtol=1e-4, atol=0))
+                held &= bool(reference.codes_agree(codes, states_ref[name], non_negative[j]).all())
+    for t in tensors:
+        held &= bool(backend.numpy(t['step'])[t['attempted'] % 2] == t['applied'])
+        if t['weight16'] is not None:
+            held &= np.array_equal(backend.numpy(t['weight16']),
+                                   backend.numpy(t['weight']).astype(np.float16))
+    return worst, bool(held)
+
+
 def reference_for(reference, cls, w0, grads, lr):
     name = cls.__name__.lower()
     return getattr(reference, name)(w0, grads, [lr] * len(grads), wd=WD, clip=2.0)
@@ -294,6 +375,15 @@ def check(backend, cuda, optimizers, reference, steps=STEPS, seed=0):
             cases.append({'kernel': cuda.kernel_name(cls.rule, dtype, 1), 'optimizer': name,
                           'dtype': dtype, 'tensors': 1, 'check': 'NaN/Inf propagate',
                           'max_rel_error': None, 'ok': nan_case(backend, cuda, cls, dtype)})
+        for dtype, coded in cuda.KINDS:
+            if not coded:
+                continue
+            for count in cuda.COUNTS[::-1]:
+                error, held = run_coded_case(backend, cuda, cls, reference, dtype, count, rng, steps)
+                cases.append({'kernel': cuda.kernel_name(cls.rule, dtype, count, coded=True),
+                              'optimizer': name, 'dtype': dtype, 'tensors': count,
+                              'check': '8-bit states, each step against the quantised reference',
+                              'max_rel_error': error, 'ok': bool(error < 1e-3 and held)})
     return cases
 
 
@@ -368,8 +458,40 @@ def timings(backend, cuda, optimizers, repeats=20):
             moved = (2 + len(rule.states) + 1 + len(rule.states)) * 4 * total
             row[rule_name] = {'ms': ms, 'GBps': moved / ms / 1e6,
                               'x_floor_bandwidth': (moved / ms) / (7 * 4 * total / floor)}
+            coded_ms, coded_moved = _coded_timing(backend, cuda, rule, opt, g, weight, sizes,
+                                                  offsets, flag, table, timed)
+            row[rule_name + ' 8-bit'] = {'ms': coded_ms, 'GBps': coded_moved / coded_ms / 1e6,
+                                         'x_32bit_time': coded_ms / ms}
         rows.append(row)
     return rows
+
+
+def _coded_timing(backend, cuda, rule, opt, g, weight, sizes, offsets, flag, table, timed):
+    """(ms, bytes moved) of one step of ``rule``'s 8-bit float32 entry points over tensors
+    of ``sizes`` (codes and scales arrays of their own per tensor)."""
+    cupy = backend.cupy
+    tensors = []
+    moved = 0
+    for o, n in zip(offsets[:-1], sizes):
+        blocks = -(-n // 256)
+        states = []
+        for _ in rule.states:
+            states += [cupy.zeros(n, cupy.uint8), cupy.zeros(blocks, cupy.float32)]
+        tensors.append((g[o:o + n], weight[o:o + n], states, None, n, opt._scalars(1e-3, 0.0),
+                        cupy.zeros(2, cupy.float64), 0))
+        moved += (3 * 4 + 2 * len(rule.states)) * n + 2 * len(rule.states) * 4 * blocks
+    launches = []
+    start = 0
+    for n in cuda.split(len(tensors)):
+        chunk, start = tensors[start:start + n], start + n
+        args = tuple(cuda.kernel_arguments(rule, chunk, opt._shared_coefficients(), flag, table, 2))
+        launches.append((backend.module.get_function(cuda.kernel_name(rule, 'float32', n, coded=True)),
+                         cuda.launch_shape([t[4] for t in chunk]), args))
+
+    def step():
+        for kernel, (grid_, block_), args in launches:
+            kernel(grid_, block_, args)
+    return timed(step), moved
 
 
 # ResNet-50 v1's 161 parameter sizes (GluonCV/Gluon model zoo, classes=1000), by layer.
@@ -438,14 +560,15 @@ def main(argv=None):
                                                        c['tensors'], c.get('check', 'vs reference'),
                                                        error, 'yes' if c['ok'] else 'NO'))
     if result['timings']:
-        print('\n| shape | elements | floor (read 4, write 3) ms | copy ms | rule | ms | GB/s | x floor bandwidth |')
-        print('|---|---:|---:|---:|---|---:|---:|---:|')
+        print('\n| shape | elements | floor (read 4, write 3) ms | copy ms | rule | ms | GB/s | x floor bandwidth | x 32-bit time |')
+        print('|---|---:|---:|---:|---|---:|---:|---:|---:|')
         for row in result['timings']:
             for rule in sorted(k for k in row if isinstance(row[k], dict)):
                 r = row[rule]
-                print('| %s | %d | %.3f | %.3f | %s | %.3f | %.0f | %.2f |' % (
+                print('| %s | %d | %.3f | %.3f | %s | %.3f | %.0f | %s | %s |' % (
                     row['shape'], row['elements'], row['floor_ms'], row['copy_ms'], rule, r['ms'],
-                    r['GBps'], r['x_floor_bandwidth']))
+                    r['GBps'], '%.2f' % r['x_floor_bandwidth'] if 'x_floor_bandwidth' in r else '-',
+                    '%.2f' % r['x_32bit_time'] if 'x_32bit_time' in r else '-'))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)

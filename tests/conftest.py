@@ -77,7 +77,8 @@ def count_calls(monkeypatch):
 
 
 # The CUDA kernels on the CPU: fused_cuda.cu compiled by the C++ compiler through
-# tests/cuda_host_emulation.cc, which runs a launch's threads one after another. With
+# tests/cuda_host_emulation.cc, which runs a launch's threads one after another (an
+# 8-bit kernel's: each block's threads at once, at a barrier). With
 # mx.rtc replaced by a stand-in that launches there, CPU weights take the GPU path of the
 # optimizers whole: scalars, kernel choice, signatures, argument lists and the kernels'
 # own maths, checked against the float64 references where no GPU is lent.
@@ -87,7 +88,8 @@ _RTC_TYPES = {'float': (np.float32, np.float32, ctypes.c_float),
               'double': (np.float64, np.float64, ctypes.c_double),
               '__half': (np.float16, None, None),
               'int': (None, np.int32, ctypes.c_int),
-              'int64_t': (None, np.int64, ctypes.c_int64)}
+              'int64_t': (None, np.int64, ctypes.c_int64),
+              'uint8_t': (np.uint8, None, None)}
 
 
 @pytest.fixture(scope='module')
@@ -103,7 +105,7 @@ def cuda_emulation(tmp_path_factory):
     (folder / 'kernels.inc').write_text(''.join('MXNAG_KERNEL(%s)\n' % n
                                                 for n in cuda.kernel_names(*RULES.values())))
     library = folder / 'fused_cuda_emulated.so'
-    subprocess.run([compiler, '-std=c++17', '-O2', '-shared', '-fPIC', '-I', str(folder),
+    subprocess.run([compiler, '-std=c++20', '-O2', '-shared', '-fPIC', '-pthread', '-I', str(folder),
                     '-I', build.SOURCE_DIR, os.path.join(ROOT, 'tests', 'cuda_host_emulation.cc'),
                     '-o', str(library)], check=True)
     lib = ctypes.CDLL(str(library))

@@ -1,9 +1,12 @@
 // Runs the CUDA source of mxnag.kernels.cuda.source() on the CPU, for the tests on
-// machines without a GPU: the CUDA keywords become plain C++, threadIdx/blockIdx/
-// blockDim/gridDim are globals, and a launch runs every thread of the grid one after
-// another (the kernels use no shared memory, barriers or warp functions, so the order
-// does not matter). The two float16 conversions that are PTX instructions on the GPU are
-// the exact software ones of half.h (round to nearest even, as cvt.rn.f16.f32).
+// machines without a GPU: the CUDA keywords become plain C++, threadIdx/blockIdx are
+// per thread, blockDim/gridDim globals. A launch of a kernel without shared memory or
+// barriers runs every thread of the grid one after another (the order does not matter);
+// one of the 8-bit kernels (names with q8), which share memory within a block and wait at
+// __syncthreads, runs each block's threads as real threads at a barrier, one block after
+// another (so a function's `static` stands for its `__shared__`). The two float16
+// conversions that are PTX instructions on the GPU are the exact software ones of half.h
+// (round to nearest even, as cvt.rn.f16.f32).
 //
 // Compiled with -I to a folder holding fused_cuda_all.cu (the source) and kernels.inc
 // (one MXNAG_KERNEL(name) per entry point), written by the test.
@@ -11,9 +14,12 @@
 // mxnag_emulate_launch(name, grid_x, grid_y, block_x, params), params as for
 // cuLaunchKernel: one pointer to each argument's value. Returns 0, or -1 for an unknown
 // name.
+#include <barrier>
 #include <cmath>
 #include <cstring>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #define MXNAG_SOFT_HALF
 #include "half.h"
@@ -23,10 +29,24 @@
 #define __forceinline__ inline
 #define __restrict__ __restrict
 
+#define __shared__ static
+
 struct MxnagDim3 {
   unsigned int x, y, z;
 };
-static MxnagDim3 threadIdx, blockIdx, blockDim, gridDim;
+static thread_local MxnagDim3 threadIdx, blockIdx;
+static MxnagDim3 blockDim, gridDim;
+static std::barrier<>* mxnag_block_barrier = nullptr;
+
+inline void __syncthreads() { mxnag_block_barrier->arrive_and_wait(); }
+
+inline unsigned int atomicMax(unsigned int* address, unsigned int value) {
+  unsigned int old = __atomic_load_n(address, __ATOMIC_SEQ_CST);
+  while (old < value &&
+         !__atomic_compare_exchange_n(address, &old, value, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+  }
+  return old;
+}
 
 using std::sqrt;
 
@@ -43,11 +63,25 @@ static void mxnag_call(void (*kernel)(A...), void** params, std::index_sequence<
 
 template <typename... A>
 static void mxnag_emulate(void (*kernel)(A...), unsigned grid_x, unsigned grid_y,
-                          unsigned block, void** params) {
+                          unsigned block, void** params, bool threads) {
   gridDim = {grid_x, grid_y, 1};
   blockDim = {block, 1, 1};
   for (unsigned y = 0; y < grid_y; ++y) {
     for (unsigned b = 0; b < grid_x; ++b) {
+      if (threads) {  // the block's threads at once, meeting at __syncthreads
+        std::barrier<> barrier(block);
+        mxnag_block_barrier = &barrier;
+        std::vector<std::thread> team;
+        for (unsigned t = 0; t < block; ++t) {
+          team.emplace_back([=] {
+            blockIdx = {b, y, 0};
+            threadIdx = {t, 0, 0};
+            mxnag_call(kernel, params, std::index_sequence_for<A...>{});
+          });
+        }
+        for (std::thread& thread : team) thread.join();
+        continue;
+      }
       for (unsigned t = 0; t < block; ++t) {
         blockIdx = {b, y, 0};
         threadIdx = {t, 0, 0};
@@ -68,7 +102,8 @@ extern "C" const char* mxnag_emulated_kernels() {
 extern "C" int mxnag_emulate_launch(const char* name, unsigned grid_x, unsigned grid_y,
                                     unsigned block, void** params) {
 #define MXNAG_KERNEL(kernel) \
-  if (std::strcmp(name, #kernel) == 0) return mxnag_emulate(kernel, grid_x, grid_y, block, params), 0;
+  if (std::strcmp(name, #kernel) == 0)                                                  \
+    return mxnag_emulate(kernel, grid_x, grid_y, block, params, std::strstr(name, "q8") != nullptr), 0;
 #include "kernels.inc"
 #undef MXNAG_KERNEL
   return -1;

@@ -17,15 +17,27 @@ def _prep(g, w, rescale, wd_into_grad, clip):
     return g
 
 
+def _start(w, start, names):
+    """The states to begin from: zeros, or ``start``'s arrays (float64) by name, and the
+    steps already taken (``start['t']``, default 0)."""
+    start = start or {}
+    return [np.asarray(start[n], np.float64) if n in start else np.zeros_like(w) for n in names], \
+        start.get('t', 0)
+
+
 def adanag(w0, grads, lrs, wd=0.0, beta1=0.9, beta2=0.999, epsilon=1e-8,
-           momentum_decay=0.004, decoupled_wd=True, rescale=1.0, clip=None):
-    """NAdam (Dozat 2016) with PyTorch's mu_t schedule; decoupled or L2 weight decay."""
+           momentum_decay=0.004, decoupled_wd=True, rescale=1.0, clip=None, start=None,
+           return_states=False):
+    """NAdam (Dozat 2016) with PyTorch's mu_t schedule; decoupled or L2 weight decay.
+    ``start``: states {'mean', 'var', 't'} to continue from; ``return_states``: also
+    return them."""
     w = w0.astype(np.float64).copy()
-    m = np.zeros_like(w)
-    v = np.zeros_like(w)
+    (m, v), t0 = _start(w, start, ('mean', 'var'))
     prod = 1.0
+    for i in range(1, t0 + 1):
+        prod *= beta1 * (1 - 0.5 * 0.96 ** (i * momentum_decay))
     for k, (grad, lr) in enumerate(zip(grads, lrs)):
-        t = k + 1
+        t = t0 + k + 1
         g = _prep(grad, w, rescale, 0.0 if decoupled_wd else wd, clip)
         if decoupled_wd:
             w = w * (1 - lr * wd)
@@ -37,19 +49,19 @@ def adanag(w0, grads, lrs, wd=0.0, beta1=0.9, beta2=0.999, epsilon=1e-8,
         denom = np.sqrt(v / (1 - beta2 ** t)) + epsilon
         w = (w - lr * (1 - mu) / (1 - prod) * g / denom
              - lr * mu_next / (1 - prod * mu_next) * m / denom)
-    return w
+    return (w, {'mean': m, 'var': v, 't': t0 + len(grads)}) if return_states else w
 
 
 def adan(w0, grads, lrs, wd=0.0, beta1=0.98, beta2=0.92, beta3=0.99, epsilon=1e-8,
-         no_prox=False, rescale=1.0, clip=None):
-    """Adan (Xie et al. 2022), as the authors' reference implementation."""
+         no_prox=False, rescale=1.0, clip=None, start=None, return_states=False):
+    """Adan (Xie et al. 2022), as the authors' reference implementation. ``start``:
+    states {'mean', 'diff_mean', 'sq_mean', 'prev_grad', 't'} to continue from."""
     w = w0.astype(np.float64).copy()
-    m = np.zeros_like(w)
-    d = np.zeros_like(w)
-    n = np.zeros_like(w)
-    g_prev = None
+    (m, d, n, g_prev), t0 = _start(w, start, ('mean', 'diff_mean', 'sq_mean', 'prev_grad'))
+    if t0 == 0:
+        g_prev = None
     for k, (grad, lr) in enumerate(zip(grads, lrs)):
-        t = k + 1
+        t = t0 + k + 1
         g = _prep(grad, w, rescale, 0.0, clip)
         if g_prev is None:
             g_prev = g
@@ -65,6 +77,9 @@ def adan(w0, grads, lrs, wd=0.0, beta1=0.98, beta2=0.92, beta3=0.99, epsilon=1e-
         if not no_prox:
             w = w / (1 + lr * wd)
         g_prev = g
+    if return_states:
+        return w, {'mean': m, 'diff_mean': d, 'sq_mean': n, 'prev_grad': g_prev,
+                   't': t0 + len(grads)}
     return w
 
 
@@ -81,18 +96,92 @@ def relative_error(w0, w, w_ref):
     return float(np.linalg.norm((w.astype(np.float64) - w0) - ref) / np.linalg.norm(ref))
 
 
-def nadamw(w0, grads, lrs, wd=0.0, beta1=0.9, beta2=0.999, epsilon=1e-8, rescale=1.0, clip=None):
+def nadamw(w0, grads, lrs, wd=0.0, beta1=0.9, beta2=0.999, epsilon=1e-8, rescale=1.0, clip=None,
+           start=None, return_states=False):
     """NAdamW with constant momentum (the AlgoPerf baseline, timm's NAdamW), as written in
     issue 12: decoupled decay, then Adam's moments and the look-ahead step."""
     w = w0.astype(np.float64).copy()
-    m = np.zeros_like(w)
-    v = np.zeros_like(w)
+    (m, v), t0 = _start(w, start, ('mean', 'var'))
     for k, (grad, lr) in enumerate(zip(grads, lrs)):
-        t = k + 1
+        t = t0 + k + 1
         g = _prep(grad, w, rescale, 0.0, clip)
         w = w * (1 - lr * wd)
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
         w = w - lr / (1 - beta1 ** t) * (beta1 * m + (1 - beta1) * g) / (
             np.sqrt(v / (1 - beta2 ** t)) + epsilon)
-    return w
+    return (w, {'mean': m, 'var': v, 't': t0 + len(grads)}) if return_states else w
+
+
+# 8-bit states (issue 21), written from the format's definition: one float32 scale per
+# block of 256 elements, the block's largest magnitude over the largest code's value;
+# signed states as sign + magnitude code c (1..127: 2^((c >> 3) - 15) (1 + (c & 7) / 8),
+# 0: zero); non-negative states as the unsigned code c of their square root (1..255:
+# 2^((c >> 4) - 15) (1 + (c & 15) / 16), 0: zero, a positive value at least code 1).
+# Rounding to the nearest code, ties to the even code.
+CODE_BLOCK = 256
+SIGNED_GRID = np.array([0.0] + [2.0 ** ((c >> 3) - 15) * (1 + (c & 7) / 8) for c in range(1, 128)])
+ROOT_GRID = np.array([0.0] + [2.0 ** ((c >> 4) - 15) * (1 + (c & 15) / 16) for c in range(1, 256)])
+
+
+def _nearest(y, grid):
+    """Index of the nearest value of the increasing ``grid`` to each ``y`` >= 0 (ties: the
+    even index; beyond the grid: its last)."""
+    hi = np.clip(np.searchsorted(grid, y), 1, len(grid) - 1)
+    lo = hi - 1
+    below, above = y - grid[lo], grid[hi] - y
+    pick_hi = (above < below) | ((above == below) & (hi % 2 == 0))
+    return np.where(pick_hi, hi, lo)
+
+
+def encode_state(values, non_negative):
+    """(uint8 codes, float64 scales) of a flat float64 array."""
+    n = values.size
+    blocks = -(-n // CODE_BLOCK)
+    padded = np.zeros(blocks * CODE_BLOCK)
+    stored = np.sqrt(values) if non_negative else values
+    padded[:n] = stored
+    grid = ROOT_GRID if non_negative else SIGNED_GRID
+    largest = np.abs(padded).reshape(blocks, CODE_BLOCK).max(axis=1)
+    scales = largest / grid[-1]
+    inverse = np.where(largest > 0, grid[-1] / np.where(largest > 0, largest, 1), 0.0)
+    y = np.abs(stored) * np.repeat(inverse, CODE_BLOCK)[:n]
+    codes = _nearest(y, grid)
+    if non_negative:
+        codes = np.where((codes == 0) & (y > 0), 1, codes)
+    else:
+        codes = np.where((codes > 0) & (stored < 0), codes | 128, codes)
+    return codes.astype(np.uint8), scales
+
+
+def decode_state(codes, scales, non_negative):
+    """The float64 values of ``codes`` (flat) with their blocks' ``scales``."""
+    codes = codes.astype(np.int64)
+    scale = np.repeat(np.asarray(scales, np.float64), CODE_BLOCK)[:codes.size]
+    if non_negative:
+        return (ROOT_GRID[codes] * scale) ** 2
+    value = SIGNED_GRID[codes & 127] * scale
+    return np.where(codes & 128, -value, value)
+
+
+def codes_agree(codes, values, non_negative, tolerance=2e-6):
+    """Where 8-bit ``codes`` (a kernel's, computed in float32) are a nearest code of the
+    float64 ``values`` up to ``tolerance`` (in units of the block's largest code value,
+    about float32 rounding of the update): equal to the reference's code, or as near to
+    the value as it within ``tolerance`` (a value on a midpoint may round either way)."""
+    n = values.size
+    stored = np.sqrt(values) if non_negative else values
+    blocks = -(-n // CODE_BLOCK)
+    padded = np.zeros(blocks * CODE_BLOCK)
+    padded[:n] = stored
+    grid = ROOT_GRID if non_negative else SIGNED_GRID
+    largest = np.repeat(np.abs(padded).reshape(blocks, CODE_BLOCK).max(axis=1), CODE_BLOCK)[:n]
+    y = np.abs(stored) * np.where(largest > 0, grid[-1] / np.where(largest > 0, largest, 1), 0.0)
+    mine, theirs = encode_state(values, non_negative)[0], codes
+    mask = 255 if non_negative else 127
+    mine_value = grid[mine.astype(np.int64) & mask]
+    their_value = grid[theirs.astype(np.int64) & mask]
+    same_sign = (theirs.astype(np.int64) & ~mask & 255) == (mine.astype(np.int64) & ~mask & 255)
+    near = np.abs(np.abs(y - their_value) - np.abs(y - mine_value)) <= tolerance
+    zero = (their_value == 0) | (mine_value == 0)
+    return (mine == theirs) | (near & (same_sign | zero))

@@ -110,8 +110,8 @@ def test_multi_update_checks_lengths():
         kernels.multi_update(
             RULES['adanag'], [w, w], [w], [(w, w)],
             dict(rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 wd_into_grad=[0.0], weight_scale=[1.0], grad_coef=[0.1], mean_coef=[0.1],
-                 var_scale=[1.0]))
+                 one_minus_beta1=0.1, one_minus_beta2=0.001, wd_into_grad=[0.0],
+                 weight_scale=[1.0], grad_coef=[0.1], mean_coef=[0.1], var_scale=[1.0]))
 
 
 # -- fallback --------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     entries = [line.split()[2].split('(')[0] for line in ptx.read_text().splitlines()
                if line.startswith('.visible .entry')]
     assert sorted(entries) == sorted(cuda.kernel_names(*RULES.values()))
-    assert len(entries) == len(RULES) * 3 * len(cuda.COUNTS)
+    assert len(entries) == len(RULES) * len(cuda.KINDS) * len(cuda.COUNTS)
 
 
 class _FakeArray:
@@ -229,7 +229,8 @@ def test_cuda_kernels_under_cupy_match_reference(name, dtype, count, rng):
 
 def test_emulation_covers_every_kernel(cuda_emulation):
     names = cuda_emulation.mxnag_emulated_kernels().decode().strip(',').split(',')
-    assert names == cuda.kernel_names(*RULES.values()) and len(names) == len(RULES) * 3 * len(cuda.COUNTS)
+    assert names == cuda.kernel_names(*RULES.values())
+    assert len(names) == len(RULES) * len(cuda.KINDS) * len(cuda.COUNTS)
 
 
 @pytest.mark.parametrize('name,case', CASES)
@@ -301,3 +302,50 @@ def test_cuda_path_emulated_large_group(name, rng, emulated_gpu_path):
     for (w0, grads), w in zip(problems, weights):
         ref = BY_NAME[name].reference(w0, grads, [0.01] * 10, wd=0.05)
         assert relative_error(w0, w.asnumpy(), ref) < FLOAT32_BOUND
+
+
+def _coded_run(name, dtype, shapes, steps, rng, aggregate_num=4):
+    """Weights, states and launches of ``steps`` 8-bit steps of a group of ``shapes``."""
+    opt = mx.optimizer.create(name, learning_rate=0.01, wd=0.01, state_bits=8, min_8bit_size=1000,
+                              aggregate_num=aggregate_num, multi_precision=dtype == 'float16')
+    updater = mx.optimizer.get_updater(opt)
+    problems = [random_problem(np.random.default_rng(rng), shape, steps=steps) for shape in shapes]
+    weights = [mx.nd.array(w0, dtype=dtype) for w0, _ in problems]
+    for step in range(steps):
+        updater(list(range(len(shapes))), [mx.nd.array(gs[step], dtype=dtype) for _, gs in problems],
+                weights)
+    return weights, updater.states
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_cuda_path_emulated_8bit_states_equal_the_cpu_operator(name, dtype, emulated_gpu_path,
+                                                                monkeypatch):
+    """8-bit states on the GPU path (a thread block per 256 codes, the block's maximum in
+    shared memory): the same weights, scales and codes as the CPU operator, up to float32
+    rounding (a code one apart where the value sits on a midpoint), for a group of two
+    8-bit tensors (one of them with a partial last block) and a float32 one; with 3
+    blocks the grid-stride loop covers several blocks of codes per thread block."""
+    monkeypatch.setattr(cuda, 'MAX_BLOCKS', 3)
+    shapes = [(40, 50), (1300,), (7, 3)]
+    gpu_weights, gpu_states = _coded_run(name, dtype, shapes, 5, 7)
+    kernels = {kernel for kernel, _, _ in emulated_gpu_path}
+    rule = BY_NAME[name].cls.rule
+    suffix = 'f16mp' if dtype == 'float16' else 'f32'
+    assert kernels == {'mxnag_%s_%sq8_x2' % (rule.name, suffix), 'mxnag_%s_%s' % (rule.name, suffix)}
+    monkeypatch.undo()  # the CPU operator
+    cpu_weights, cpu_states = _coded_run(name, dtype, shapes, 5, 7)
+    for k in range(3):
+        gpu, cpu = gpu_states[k], cpu_states[k]
+        gpu_weight, cpu_weight = gpu_weights[k], cpu_weights[k]
+        if dtype == 'float16':  # the master weights (a float16 weight may round apart)
+            gpu_weight, cpu_weight, gpu, cpu = gpu[0], cpu[0], gpu[1], cpu[1]
+        np.testing.assert_allclose(gpu_weight.asnumpy(), cpu_weight.asnumpy(), rtol=1e-4, atol=1e-5)
+        for a, b in zip(gpu[:-1], cpu[:-1]):
+            a, b = a.asnumpy(), b.asnumpy()
+            if a.dtype == np.uint8:
+                differ = a != b
+                assert differ.mean() < 5e-3
+                assert np.all(np.abs((a[differ].astype(int) & 127) - (b[differ].astype(int) & 127)) <= 1)
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

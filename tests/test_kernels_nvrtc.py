@@ -30,7 +30,7 @@ class FakeNVRTC:
         self.known, self.failure, self.default, self.calls = set(known), failure, default, []
 
     def __call__(self, source, options=(), exports=()):
-        assert isinstance(options, tuple) and 'mxnag_%s_body' % RULE.name in source
+        assert isinstance(options, tuple) and 'struct %s_rule ' % RULE.name in source
         self.calls.append(options)
         if self.failure is not None:
             raise mx.base.MXNetError(self.failure)

@@ -222,7 +222,8 @@ def test_blocked_layout_weight_is_updated_in_place_exactly(kind, rng):
     weight, grad = blocked(w0), blocked(g)
     mean, var = nd.array(0.1 * g), nd.array(0.2 * g * g)
     coefs = dict(rescale_grad=0.5, clip_gradient=None, wd_into_grad=0.0, weight_scale=0.99,
-                 beta1=0.9, beta2=0.999, epsilon=1e-8, grad_coef=0.01, mean_coef=0.02,
+                 beta1=0.9, beta2=0.999, epsilon=1e-8, one_minus_beta1=0.1,
+                 one_minus_beta2=0.001, grad_coef=0.01, mean_coef=0.02,
                  var_scale=1.5)
     assert kernels.backend_for(weight) == 'fused-cpu'
     kernels.update(mxnag.AdaNAG.rule, weight, grad, (mean, var), coefs)
@@ -265,7 +266,8 @@ def test_without_mxnet_reorder_function_the_composed_update_is_used():
     assert proc.stderr.count('fused CPU optimizer kernels unavailable') == 1, proc.stderr
 
 
-ADANAG_COEFS = dict(rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999, epsilon=1e-8)
+ADANAG_COEFS = dict(rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                    one_minus_beta1=0.1, one_minus_beta2=0.001)
 
 
 def _group_update(weights, grads, states):
@@ -301,11 +303,11 @@ def test_the_operator_refuses_a_group_of_mixed_dtypes(rng):
               w64, w64.copy(), nd.zeros(100, dtype='float64'), nd.zeros(100, dtype='float64'),
               nd.ones((1,)), nd.ones((4, 3), dtype='float64'),
               nd.zeros((2,), dtype='float64'), nd.zeros((2,), dtype='float64')]
-    keys = ['num_weights', 'multi_precision', 'rescale_grad', 'clip_gradient', 'beta1', 'beta2',
-            'epsilon', 'wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale',
-            'step_scalars', 'step_slot']
-    values = ['2', '0', '1.0', '-1.0', '0.9', '0.999', '1e-08'] + ['0.0,0.0'] + ['1.0,1.0'] * 4 + \
-        ['grad_coef,mean_coef,var_scale', '0,0']
+    keys = ['num_weights', 'multi_precision', 'state_bits', 'rescale_grad', 'clip_gradient', 'beta1',
+            'beta2', 'epsilon', 'one_minus_beta1', 'one_minus_beta2', 'wd_into_grad', 'weight_scale',
+            'grad_coef', 'mean_coef', 'var_scale', 'step_scalars', 'step_slot']
+    values = ['2', '0', '32', '1.0', '-1.0', '0.9', '0.999', '1e-08', '0.1', '0.001'] + ['0.0,0.0'] + \
+        ['1.0,1.0'] * 4 + ['grad_coef,mean_coef,var_scale', '0,0']
     with pytest.raises(mx.base.MXNetError, match='weight 1 is float64, weight 0 float32; one fused '
                                                  'update call takes weights of one dtype'):
         fused_cpu.invoke('mxnag_adanag_update', inputs, keys, values, [w32, w64])

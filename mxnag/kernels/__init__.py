@@ -92,6 +92,21 @@ def _backend(rule, dtype, device_type, master_dtype):
     return 'composed'
 
 
+_NO_CODED_BACKEND = ('%s update: 8-bit states (state_bits=8) need a fused backend, and the weight '
+                     'on %s has none: %s. Use state_bits=32, or make the fused kernels available')
+
+
+def _why_composed(context):
+    """Why a weight on ``context`` gets the composed backend (for the error above)."""
+    if fused_cpu.FORCED_OFF:
+        return 'the composed update is forced (MXNAG_FUSED=0 or kernels.set_fused(False))'
+    if context.device_type in _CPU_DEVICE_TYPES:
+        return 'the fused CPU library is not available (%s)' % fused_cpu.status().get('reason')
+    if context.device_type == 'gpu':
+        return 'the CUDA kernels are not available (mx.rtc did not compile them)'
+    return 'no fused kernel runs on %s' % context.device_type
+
+
 def all_finite(arrays):
     """A float32 NDArray of one element, on the first array's context: 1 if every element
     of every array is finite, else 0; for ``MxnagOptimizer.set_finite_flag``. Never read
@@ -118,19 +133,23 @@ def update(rule, weight, grad, state, scalars):
                  {name: [value] if name in per_tensor else value for name, value in scalars.items()})
 
 
-def _parts(rule, placement, masters):
+def _parts(rule, placement, masters, states):
     """The group split for its operator calls: ``{(backend, device type id, device id, has
-    a master weight, dtype): indices of its weights, or None for the whole group}``."""
-    backends = {}  # (dtype, device type id, device id, master dtype) -> backend
+    a master weight, dtype, 8-bit states): indices of its weights, or None for the whole
+    group}``."""
+    backends = {}  # (dtype, device type id, device id, master dtype, coded) -> backend
     places = []
     for k, (dtype, context, _) in enumerate(placement):
         master_dtype = masters[k].dtype if masters is not None and masters[k] is not None else None
-        key = (dtype, context.device_typeid, context.device_id, master_dtype)
+        coded = len(states[k]) != len(rule.states)  # codes and scales per state
+        key = (dtype, context.device_typeid, context.device_id, master_dtype, coded)
         backend = backends.get(key)
         if backend is None:
             backend = backends[key] = _backend(rule, dtype, context.device_type, master_dtype)
+            if coded and backend == 'composed':
+                raise RuntimeError(_NO_CODED_BACKEND % (rule.name, context, _why_composed(context)))
         # dtype too: an operator call (a CUDA launch) reads its whole group as one type
-        places.append((backend, key[1], key[2], master_dtype is not None, dtype))
+        places.append((backend, key[1], key[2], master_dtype is not None, dtype, coded))
     if all(place == places[0] for place in places):
         return {places[0]: None}  # None: the whole group
     parts = {}
@@ -167,7 +186,8 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
             and (masters is None or len(masters) == count)):
         raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
                          'scalar need one entry per weight (%d)' % (rule.name, count))
-    for (backend, _, _, has_master, _), members in _parts(rule, placement, masters).items():
+    for (backend, _, _, has_master, _, _), members in _parts(rule, placement, masters,
+                                                                 states).items():
         if members is None:
             pick = list
         else:

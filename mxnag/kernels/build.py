@@ -31,7 +31,7 @@ except ImportError:  # no fcntl (Windows): concurrent builds still end in one at
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'src')
 SOURCE = os.path.join(SOURCE_DIR, 'fused_cpu.cc')
-HEADERS = ('attrs.h', 'half.h', 'threads.h')  # in SOURCE_DIR, on the include path of every build
+HEADERS = ('attrs.h', 'half.h', 'rules.h', 'state_codes.h', 'threads.h')  # in SOURCE_DIR, on the include path of every build
 LIBRARY_STEM = 'mxnag_fused'
 # Raise when the build recipe changes in a way the key would not see.
 RECIPE_VERSION = '1'

@@ -35,36 +35,47 @@ COUNTS = (8, 4, 2, 1)  # tensors per launch that entry points exist for, largest
 
 _DTYPE_SUFFIX = {'float32': 'f32', 'float64': 'f64', 'float16': 'f16mp'}
 _SCALAR_TYPE = {'float32': 'float', 'float64': 'double', 'float16': 'float'}
-_C_TYPE = {'__half': 'mxnag_half_bits', 'int64_t': 'long long'}  # mx.rtc's names -> the source's
+# mx.rtc's names -> the source's
+_C_TYPE = {'__half': 'mxnag_half_bits', 'int64_t': 'long long', 'uint8_t': 'unsigned char'}
+# The kinds of entry point: (weight dtype, 8-bit states), in their order.
+KINDS = tuple((dtype, coded) for dtype in sorted(_DTYPE_SUFFIX) for coded in (False, True)
+              if not (coded and dtype == 'float64'))
+_HEADERS = ('rules.h', 'state_codes.h')  # pasted into the source where it includes them
 
 
 def source(*rules) -> str:
-    """The CUDA source of the kernels of ``rules``: src/fused_cuda.cu and their entry points."""
-    entries = [_entry_point(rule, dtype, count) for rule in rules
-               for dtype in sorted(_DTYPE_SUFFIX) for count in COUNTS]
+    """The CUDA source of the kernels of ``rules``: src/fused_cuda.cu (with src/rules.h
+    and src/state_codes.h) and their entry points."""
+    entries = [_entry_point(rule, dtype, count, coded) for rule in rules
+               for dtype, coded in KINDS for count in COUNTS]
     return _kernel_source() + '\n// Entry points, written by mxnag/kernels/cuda.py.\n' + '\n'.join(entries)
 
 
 @functools.lru_cache(maxsize=1)
 def _kernel_source():
     with open(SOURCE_PATH) as f:
-        return f.read()
+        text = f.read()
+    for header in _HEADERS:
+        with open(os.path.join(os.path.dirname(SOURCE_PATH), header)) as f:
+            text = text.replace('#include "%s"\n' % header, f.read())
+    return text
 
 
 def supports(rule) -> bool:
-    """Whether src/fused_cuda.cu has ``rule``'s device function (``mxnag_<name>_body``)."""
-    return 'mxnag_%s_body' % rule.name in _kernel_source()
+    """Whether src/rules.h has ``rule``'s body (``struct <name>_rule``)."""
+    return 'struct %s_rule ' % rule.name in _kernel_source()
 
 
 def kernel_names(*rules):
     """The name of every entry point of ``source(*rules)``, in its order."""
-    return [kernel_name(rule, d, c) for rule in rules for d in sorted(_DTYPE_SUFFIX) for c in COUNTS]
+    return [kernel_name(rule, d, c, coded) for rule in rules for d, coded in KINDS for c in COUNTS]
 
 
-def kernel_name(rule, dtype: str, count: int = 1) -> str:
-    """``mxnag_<rule>_<f32|f64|f16mp>``, with ``_x<count>`` for ``count`` tensors per
-    launch; float16 means float16 weights with float32 master weights and states."""
-    name = 'mxnag_%s_%s' % (rule.name, _DTYPE_SUFFIX[dtype])
+def kernel_name(rule, dtype: str, count: int = 1, coded: bool = False) -> str:
+    """``mxnag_<rule>_<f32|f64|f16mp>``, with ``q8`` for 8-bit states and ``_x<count>`` for
+    ``count`` tensors per launch; float16 means float16 weights with float32 master
+    weights and states."""
+    name = 'mxnag_%s_%s%s' % (rule.name, _DTYPE_SUFFIX[dtype], 'q8' if coded else '')
     return name if count == 1 else '%s_x%d' % (name, count)
 
 
@@ -73,17 +84,23 @@ def _suffix(k, count):
     return '_%d' % k if count > 1 else ''
 
 
-def _parameters(rule, dtype, count):
+def _parameters(rule, dtype, count, coded=False):
     """[(mx.rtc type with '*' for arrays and 'const ' for inputs, name)] of an entry point:
-    each tensor's arrays and step count, the shared scalars, the step flag and factor
-    table, each tensor's scalars and step slot, each tensor's size."""
+    each tensor's arrays (8-bit states: codes and scales of each) and step count, the
+    shared scalars, the step flag and factor table, each tensor's scalars and step slot,
+    each tensor's size."""
     scalar = _SCALAR_TYPE[dtype]
     params = []
     for k in range(count):
         suffix = _suffix(k, count)
         params.append(('const %s *' % ('__half' if dtype == 'float16' else scalar), 'grad' + suffix))
         params.append(('%s *' % scalar, 'weight' + suffix))
-        params += [('%s *' % scalar, state + suffix) for state in rule.states]
+        for state in rule.states:
+            if coded:
+                params += [('uint8_t *', state + '_codes' + suffix),
+                           ('float *', state + '_scales' + suffix)]
+            else:
+                params.append(('%s *' % scalar, state + suffix))
         if dtype == 'float16':
             params.append(('__half *', 'weight16' + suffix))
         params.append(('double *', 'step' + suffix))
@@ -97,18 +114,19 @@ def _parameters(rule, dtype, count):
     return params
 
 
-def kernel_signature(rule, dtype: str, count: int = 1) -> str:
+def kernel_signature(rule, dtype: str, count: int = 1, coded: bool = False) -> str:
     """The signature ``mx.rtc`` needs (``const`` pointers are inputs, ``__half`` float16)."""
     return ', '.join('%s%s' % (kind if kind.endswith('*') else kind + ' ', name)
-                     for kind, name in _parameters(rule, dtype, count))
+                     for kind, name in _parameters(rule, dtype, count, coded))
 
 
-def _entry_point(rule, dtype, count):
-    """The ``extern "C" __global__`` function of ``kernel_name(rule, dtype, count)``:
+def _entry_point(rule, dtype, count, coded=False):
+    """The ``extern "C" __global__`` function of ``kernel_name(rule, dtype, count, coded)``:
     ``blockIdx.y`` picks the tensor, whose step count ``mxnag_step_row`` advances and
-    whose update (when the step applies) is the device function of the source, with each
-    step scalar its multiplier times the factor table's entry at the new count."""
-    params = _parameters(rule, dtype, count)
+    whose update (when the step applies) is the rule's body (``<name>_rule``, src/rules.h)
+    in the loop of its state format, its ``Coefs`` filled by name, each step scalar its
+    multiplier times the factor table's entry at the new count."""
+    params = _parameters(rule, dtype, count, coded)
     declared = []
     for kind, name in params:
         const = kind.startswith('const ')
@@ -123,30 +141,36 @@ def _entry_point(rule, dtype, count):
     blocks = []
     for k in range(count):
         suffix = _suffix(k, count)
-        args = [a + suffix for a in ['grad', 'weight'] + list(rule.states)]
-        args.append('weight16' + suffix if dtype == 'float16' else '0')
-        args += list(rule.shared)
-        for name in rule.per_tensor:
-            if name not in rule.step_scalars:
-                args.append(name + suffix)
-                continue
-            factor = 'table[row * %d + %d]' % (columns, rule.step_scalars.index(name))
-            if name in rule.flags:
-                args.append('(%s%s != 0 && %s != 0.0)' % (name, suffix, factor))
-            else:
-                args.append('(%s)((double)%s%s * %s)' % (scalar, name, suffix, factor))
-        args.append('n' + suffix)
-        blocks.append(
-            '{\n    const long long row = mxnag_step_row(flag, step%s, step_slot%s, table_rows);\n'
-            '    if (row >= 0) mxnag_%s_body<%s, %s, %s>(%s);\n  }'
-            % (suffix, suffix, rule.name, scalar, grad_type, half_out, ', '.join(args)))
+        lines = ['{', '    const long long row = mxnag_step_row(flag, step%s, step_slot%s, table_rows);'
+                 % (suffix, suffix), '    if (row >= 0) {',
+                 '      %s_rule::Coefs<%s> c;' % (rule.name, scalar)]
+        for name in rule.shared + rule.per_tensor:
+            value = name if name in rule.shared else name + suffix
+            if name in rule.step_scalars:
+                factor = 'table[row * %d + %d]' % (columns, rule.step_scalars.index(name))
+                value = '(double)%s * %s' % (value, factor)
+            lines.append('      c.%s = (%s)(%s);' % (name, scalar, value))
+        half = 'weight16' + suffix if dtype == 'float16' else '0'
+        if coded:
+            lines += ['      unsigned char* codes[] = {%s};' % ', '.join(
+                          '%s_codes%s' % (state, suffix) for state in rule.states),
+                      '      float* scales[] = {%s};' % ', '.join(
+                          '%s_scales%s' % (state, suffix) for state in rule.states),
+                      '      mxnag_update_coded<%s_rule, %s, %s>(c, grad%s, weight%s, codes, scales, %s, n%s);'
+                      % (rule.name, grad_type, half_out, suffix, suffix, half, suffix)]
+        else:
+            lines += ['      %s* states[] = {%s};' % (scalar, ', '.join(state + suffix for state in rule.states)),
+                      '      mxnag_update_full<%s_rule, %s, %s, %s>(c, grad%s, weight%s, states, %s, n%s);'
+                      % (rule.name, scalar, grad_type, half_out, suffix, suffix, half, suffix)]
+        lines += ['    }', '  }']
+        blocks.append('\n'.join(lines))
     if count == 1:
         body = '  ' + blocks[0]
     else:
         body = '  switch (blockIdx.y) {\n%s\n  }' % '\n'.join(
             '    case %d: %s break;' % (k, block.replace('\n', '\n  ')) for k, block in enumerate(blocks))
     return 'extern "C" __global__ void %s(%s) {\n%s\n}\n' % (
-        kernel_name(rule, dtype, count), ', '.join(declared), body)
+        kernel_name(rule, dtype, count, coded), ', '.join(declared), body)
 
 
 def kernel_arguments(rule, tensors, shared, flag, table, table_rows):
@@ -274,20 +298,21 @@ def available(rule=None) -> bool:
     return _MODULES[rule.name].get() is not None
 
 
-def _kernel(rule, dtype, count):
-    key = (rule.name, dtype, count)
+def _kernel(rule, dtype, count, coded):
+    key = (rule.name, dtype, count, coded)
     if key not in _KERNELS:
-        _KERNELS[key] = _MODULES[rule.name].value.get_kernel(kernel_name(rule, dtype, count),
-                                                             kernel_signature(rule, dtype, count))
+        _KERNELS[key] = _MODULES[rule.name].value.get_kernel(
+            kernel_name(rule, dtype, count, coded), kernel_signature(rule, dtype, count, coded))
     return _KERNELS[key]
 
 
 def update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots, flag,
            table):
     """One fused step of ``rule`` for a group of parameters on one GPU context; same
-    arguments as ``fused_cpu.update``. Launches up to 8 tensors of one dtype at a time.
-    Never synchronises with the host."""
+    arguments as ``fused_cpu.update`` (a call's states are all float or all 8-bit).
+    Launches up to 8 tensors of one dtype at a time. Never synchronises with the host."""
     rows = table.shape[0]
+    coded = len(states[0]) != len(rule.states)  # codes and scales per state
     by_dtype = {}
     for k, weight in enumerate(weights):
         by_dtype.setdefault(numpy.dtype(weight.dtype).name, []).append(k)
@@ -307,6 +332,6 @@ def update(rule, weights, grads, states, masters, shared, per_tensor, step_array
                     tensors.append((grads[k], weights[k], states[k], None, size, coefs,
                                     step_arrays[k], slots[k]))
             grid, block = launch_shape([tensor[4] for tensor in tensors])
-            _kernel(rule, dtype, count).launch(
+            _kernel(rule, dtype, count, coded).launch(
                 kernel_arguments(rule, tensors, shared, flag, table, rows),
                 weights[chunk[0]].context, grid, block)

@@ -17,7 +17,7 @@ from ._once import Once
 
 # The attribute names of an update call (the values: a Python float's repr round-trips
 # a double, and strtod reads 'inf' and 'nan'); the rule gives the rest of them.
-_LAYOUT_KEYS = ['num_weights', 'multi_precision']
+_LAYOUT_KEYS = ['num_weights', 'multi_precision', 'state_bits']
 
 
 def _forced_off_by_environment():
@@ -203,7 +203,8 @@ def update(rule, weights, grads, states, masters, shared, per_tensor, step_array
     inputs.append(flag)
     inputs.append(table)
     inputs.extend(step_arrays)
-    values = [str(len(weights)), '1' if masters is not None else '0']
+    coded = len(states[0]) != len(rule.states)  # 8-bit: codes and scales per state
+    values = [str(len(weights)), '1' if masters is not None else '0', '8' if coded else '32']
     for name in rule.shared:
         value = shared[name]
         values.append(repr(-1.0 if value is None else float(value)))  # clip_gradient None: off

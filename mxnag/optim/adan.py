@@ -17,7 +17,8 @@ from .base import MxnagOptimizer, StepRule, check_beta, check_bool, check_number
 
 def adan_step(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_grad,
              clip_gradient, first_step, beta1, beta2, beta3, epsilon, mean_coef,
-             diff_coef, sq_scale, weight_scale, weight_divisor):
+             diff_coef, sq_scale, weight_scale, weight_divisor, one_minus_beta1,
+             one_minus_beta2, one_minus_beta3):
     """One Adan step; ``prev_grad`` holds the previous preprocessed gradient (taken to be
     the current one on ``first_step``).
 
@@ -34,11 +35,11 @@ def adan_step(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_grad
         g.copyto(prev_grad)
     diff = g - prev_grad
     mean *= beta1
-    mean += (1.0 - beta1) * g
+    mean += one_minus_beta1 * g
     diff_mean *= beta2
-    diff_mean += (1.0 - beta2) * diff
+    diff_mean += one_minus_beta2 * diff
     sq_mean *= beta3
-    sq_mean += (1.0 - beta3) * nd.square(g + beta2 * diff)
+    sq_mean += one_minus_beta3 * nd.square(g + beta2 * diff)
     denom = nd.sqrt(sq_mean) * sq_scale + epsilon
     if weight_scale != 1.0:
         weight *= weight_scale
@@ -51,10 +52,11 @@ def adan_step(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_grad
 # The step's maths, as every backend reads it.
 RULE = StepRule(
     name='adan', states=('mean', 'diff_mean', 'sq_mean', 'prev_grad'),
-    shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon'),
+    shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'beta3', 'epsilon',
+            'one_minus_beta1', 'one_minus_beta2', 'one_minus_beta3'),
     per_tensor=('first_step', 'mean_coef', 'diff_coef', 'sq_scale', 'weight_scale', 'weight_divisor'),
     flags=('first_step',), step_scalars=('first_step', 'mean_coef', 'diff_coef', 'sq_scale'),
-    step=adan_step)
+    step=adan_step, non_negative=('sq_mean',))
 
 
 @Optimizer.register

@@ -18,7 +18,8 @@ from .base import MxnagOptimizer, StepRule, check_beta, check_bool, check_number
 
 
 def adanag_step(weight, grad, mean, var, *, rescale_grad, clip_gradient, wd_into_grad,
-                weight_scale, beta1, beta2, epsilon, grad_coef, mean_coef, var_scale):
+                weight_scale, beta1, beta2, epsilon, grad_coef, mean_coef, var_scale,
+                one_minus_beta1, one_minus_beta2):
     """One AdaNAG (NAdam) step.
 
     ``weight *= weight_scale`` (decoupled decay), then with ``g`` the preprocessed gradient:
@@ -29,9 +30,9 @@ def adanag_step(weight, grad, mean, var, *, rescale_grad, clip_gradient, wd_into
     if weight_scale != 1.0:
         weight *= weight_scale
     mean *= beta1
-    mean += (1.0 - beta1) * g
+    mean += one_minus_beta1 * g
     var *= beta2
-    var += (1.0 - beta2) * nd.square(g)
+    var += one_minus_beta2 * nd.square(g)
     denom = nd.sqrt(var) * var_scale + epsilon
     weight -= (grad_coef * g + mean_coef * mean) / denom
 
@@ -39,9 +40,11 @@ def adanag_step(weight, grad, mean, var, *, rescale_grad, clip_gradient, wd_into
 # The step's maths, as every backend reads it (NAdamW shares it).
 RULE = StepRule(
     name='adanag', states=('mean', 'var'),
-    shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'epsilon'),
+    shared=('rescale_grad', 'clip_gradient', 'beta1', 'beta2', 'epsilon', 'one_minus_beta1',
+            'one_minus_beta2'),
     per_tensor=('wd_into_grad', 'weight_scale', 'grad_coef', 'mean_coef', 'var_scale'),
-    flags=(), step_scalars=('grad_coef', 'mean_coef', 'var_scale'), step=adanag_step)
+    flags=(), step_scalars=('grad_coef', 'mean_coef', 'var_scale'), step=adanag_step,
+    non_negative=('var',))
 
 
 @Optimizer.register

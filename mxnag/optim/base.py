@@ -45,6 +45,9 @@ class StepRule(NamedTuple):
     flags: Tuple[str, ...]         # per-tensor scalars that are booleans (ints in CUDA)
     step_scalars: Tuple[str, ...]  # per-tensor scalars scaled by _step_factors(t), in order
     step: Callable
+    # states that are never negative (second moments): with state_bits=8 they are stored
+    # as codes of their square roots (src/state_codes.h); the kernel's body says the same
+    non_negative: Tuple[str, ...] = ()
 
 
 def preprocess_grad(weight, grad, rescale_grad, wd_into_grad, clip_gradient):
@@ -64,6 +67,11 @@ BASE_ARGUMENTS = tuple(
     name for name in inspect.signature(Optimizer.__init__).parameters if name != 'self')
 # Parameters per fused update call by default (MXNAG_AGGREGATE_NUM overrides it).
 DEFAULT_AGGREGATE_NUM = 32
+# state_bits=8: tensors with fewer elements keep float32 states (bitsandbytes' default);
+# every CODE_BLOCK elements of a coded state share one float32 scale (src/state_codes.h).
+MIN_8BIT_SIZE = 4096
+CODE_BLOCK = 256
+STATE_BITS = (32, 8)
 # Pairs of (weight, gradient) arrays remembered per parameter: one per device it lives on.
 _ARRAYS_PER_INDEX = 8
 
@@ -123,12 +131,19 @@ class MxnagOptimizer(Optimizer):
     """
     rule: StepRule = None
 
-    def __init__(self, learning_rate=None, aggregate_num=None, **kwargs):
+    def __init__(self, learning_rate=None, aggregate_num=None, state_bits=32,
+                 min_8bit_size=MIN_8BIT_SIZE, **kwargs):
         owner = type(self).__name__
+        if state_bits not in STATE_BITS or isinstance(state_bits, bool):
+            raise ValueError('%s: state_bits must be 32 or 8, got %r' % (owner, state_bits))
+        if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, numbers.Integral) \
+                or min_8bit_size < 0:
+            raise ValueError('%s: min_8bit_size must be an integer >= 0, got %r'
+                             % (owner, min_8bit_size))
         unknown = sorted(set(kwargs) - set(BASE_ARGUMENTS))
         if unknown:
             raise TypeError('%s got an unexpected keyword argument %r; it takes its own '
-                            'hyperparameters, aggregate_num and %s'
+                            'hyperparameters, aggregate_num, state_bits, min_8bit_size and %s'
                             % (owner, unknown[0], ', '.join(BASE_ARGUMENTS)))
         if learning_rate is None:
             scheduler = kwargs.get('lr_scheduler')
@@ -151,6 +166,8 @@ class MxnagOptimizer(Optimizer):
             raise ValueError('%s: aggregate_num must be an integer >= 0, got %r' % (owner, aggregate_num))
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.aggregate_num = int(aggregate_num)  # MXNet's Updater groups updates when > 0
+        self.state_bits = int(state_bits)
+        self.min_8bit_size = int(min_8bit_size)
         self._init_device_side()
 
     def _init_device_side(self):
@@ -204,13 +221,33 @@ class MxnagOptimizer(Optimizer):
 
     # -- states ---------------------------------------------------------------
     def create_state(self, index, weight):
-        """The rule's states (zeros of the weight's shape and dtype) and, last, the
-        parameter's step count on the device (float64, two slots; ``begin_num_update``
-        before the first step, as MXNet's optimizers count)."""
+        """The rule's states and, last, the parameter's step count on the device (float64,
+        two slots; ``begin_num_update`` before the first step, as MXNet's optimizers count).
+
+        Each state is zeros of the weight's shape and dtype; with ``state_bits=8``, for a
+        float32 weight (a float16 weight's float32 master under ``multi_precision``) of at
+        least ``min_8bit_size`` elements, two arrays instead: its 8-bit codes (uint8, the
+        weight's shape) and their scales (float32, one per block of 256 elements), all
+        zero (code 0 is 0)."""
         _check_dense(self, index, weight, 'weight')
-        return tuple(nd.zeros(weight.shape, ctx=weight.context, dtype=weight.dtype)
-                     for _ in self.rule.states) + \
-            (nd.full((2,), self.begin_num_update, ctx=weight.context, dtype=numpy.float64),)
+        context = weight.context
+        if self.coded(weight):
+            blocks = -(-weight.size // CODE_BLOCK)
+            states = []
+            for _ in self.rule.states:
+                states += [nd.zeros(weight.shape, ctx=context, dtype=numpy.uint8),
+                           nd.zeros((blocks,), ctx=context, dtype=numpy.float32)]
+        else:
+            states = [nd.zeros(weight.shape, ctx=context, dtype=weight.dtype)
+                      for _ in self.rule.states]
+        return tuple(states) + \
+            (nd.full((2,), self.begin_num_update, ctx=context, dtype=numpy.float64),)
+
+    def coded(self, weight) -> bool:
+        """Whether ``weight``'s states are 8-bit codes (``state_bits=8``, float32, at least
+        ``min_8bit_size`` elements)."""
+        return (getattr(self, 'state_bits', 32) == 8 and weight.dtype is numpy.float32
+                and weight.size >= self.min_8bit_size)
 
     # -- one step -------------------------------------------------------------
     def update(self, index, weight, grad, state):
@@ -282,6 +319,12 @@ class MxnagOptimizer(Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._init_device_side()
+
+    # 1 - beta, computed in double here: the kernels compute in float32, where
+    # 1 - float32(0.999) is 1.3e-5 off 0.001 (a rule names these in its shared scalars)
+    one_minus_beta1 = property(lambda self: 1.0 - self.beta1)
+    one_minus_beta2 = property(lambda self: 1.0 - self.beta2)
+    one_minus_beta3 = property(lambda self: 1.0 - self.beta3)
 
     def _shared_coefficients(self):
         """The scalars every parameter of a group shares: each of ``rule.shared`` is the

@@ -1,6 +1,6 @@
 """Image classifiers for 1x28x28 inputs, all Gluon HybridBlocks, by name.
 
-``get_model(name, classes)`` knows ``mlp``, ``lenet``, ``seed-cnn``, ``mlp-100-100`` and every classifier
+``get_model(name, classes)`` knows ``mlp``, ``lenet``, ``seed-cnn``, ``mlp-100-100``, ``mlp-1000-1000`` and every classifier
 of the GluonCV model zoo (``resnet18_v1``, ``mobilenetv2_0.25``, ...). The mxnag models
 keep a ``features`` block and an ``output`` layer, so fine-tuning can replace the head.
 """
@@ -12,7 +12,7 @@ from mxnet.gluon import nn
 from . import extras
 from ..errors import MxnagError
 
-MXNAG_MODELS = ('mlp', 'lenet', 'seed-cnn', 'mlp-100-100')
+MXNAG_MODELS = ('mlp', 'lenet', 'seed-cnn', 'mlp-100-100', 'mlp-1000-1000')
 
 
 class Classifier(nn.HybridBlock):
@@ -43,6 +43,15 @@ def _mlp_100_100():
     return features
 
 
+def _mlp_1000_1000():
+    """784-1000-1000 ReLU with dropout (0.5 after each hidden layer): the MLP of the Adam
+    paper's MNIST experiment (Kingma & Ba 2015, section 6.2)."""
+    features = nn.HybridSequential(prefix='')
+    features.add(nn.Flatten(), nn.Dense(1000, activation='relu'), nn.Dropout(0.5),
+                 nn.Dense(1000, activation='relu'), nn.Dropout(0.5))
+    return features
+
+
 def _lenet():
     """LeNet-5 style, with the widths of MXNet's and Caffe's MNIST LeNet (20-50-500)."""
     features = nn.HybridSequential(prefix='')
@@ -62,7 +71,8 @@ def _seed_cnn():
     return features
 
 
-_BUILDERS = {'mlp': _mlp, 'lenet': _lenet, 'seed-cnn': _seed_cnn, 'mlp-100-100': _mlp_100_100}
+_BUILDERS = {'mlp': _mlp, 'lenet': _lenet, 'seed-cnn': _seed_cnn, 'mlp-100-100': _mlp_100_100,
+             'mlp-1000-1000': _mlp_1000_1000}
 
 
 def gluoncv_model_zoo():

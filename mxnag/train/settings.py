@@ -148,7 +148,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('compare_scratch', False, 'also train the same model from scratch on the same examples',
             group='fine-tuning', recipes=('finetune',), action='store_true', config=False),
     # training
-    Setting('model', 'lenet', 'mlp, lenet, seed-cnn, mlp-100-100 or a GluonCV classifier name '
+    Setting('model', 'lenet', 'mlp, lenet, seed-cnn, mlp-100-100, mlp-1000-1000 or a GluonCV classifier name '
             '(default %(default)s)',
             defaults={'finetune': None}, resume=True, recipes=RECIPES),
     Setting('optimizer', 'adanag', 'any registered optimizer: adanag, adan, nadamw, sgd, nag, adam, '

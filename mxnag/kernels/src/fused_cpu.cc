@@ -37,6 +37,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <unordered_map>
 #include <vector>
 
@@ -44,6 +45,11 @@
 #include "attrs.h"
 #include "lib_api.h"
 #include "threads.h"
+// the rules' bodies call sqrt on float and double
+using std::sqrt;
+#define MXNAG_CPU_OPERATOR
+#include "rules.h"
+#include "state_codes.h"
 
 using mxnet::ext::MXTensor;
 using mxnet::ext::MXReturnValue;
@@ -66,13 +72,20 @@ using mxnag::thread_budget;
 namespace {
 
 typedef std::vector<std::vector<unsigned int>> Shapes;
+const int kCodeBlock = MXNAG_CODE_BLOCK;
 
-// What every update operator shares: the group size and whether float16 weights come
-// with float32 master weights (the last input of each parameter).
+// What every update operator shares: the group size, whether float16 weights come with
+// float32 master weights (the last input of each parameter) and how the states are
+// stored: 32 (arrays of the weight's type; float32 under multi_precision) or 8 (each
+// state two inputs: uint8 codes of the weight's shape and float32 scales, one per block
+// of kCodeBlock elements; float32 or float16 weights).
 struct GroupLayout {
   int num_weights = 0;
+  int num_states = 0;
+  int state_bits = 32;
   bool multi_precision = false;
   int inputs_per_weight = 0;  // with the master weight
+  int state_inputs() const { return num_states * (state_bits == 8 ? 2 : 1); }
   // the group's inputs after the parameters': flag, table, then one step count per weight
   int flag_input() const { return num_weights * inputs_per_weight; }
   int table_input() const { return flag_input() + 1; }
@@ -87,30 +100,45 @@ bool parse_layout(const Attrs& attrs, int states, GroupLayout* layout) {
     if (mp > 1) MX_ERROR_MSG << "mxnag: attribute 'multi_precision' must be 0 or 1";
     return false;
   }
+  if (!int_attr(attrs, "state_bits", 8, &layout->state_bits)) return false;
+  if (layout->state_bits != 8 && layout->state_bits != 32) {
+    MX_ERROR_MSG << "mxnag: attribute 'state_bits' must be 8 or 32, got " << layout->state_bits;
+    return false;
+  }
+  layout->num_states = states;
   layout->multi_precision = mp == 1;
-  layout->inputs_per_weight = 2 + states + (layout->multi_precision ? 1 : 0);
+  layout->inputs_per_weight = 2 + layout->state_inputs() + (layout->multi_precision ? 1 : 0);
   return true;
 }
 
-// ---------------------------------------------------------------------------------------
-// shared parse/infer callbacks of the update operators (templated on the state count)
+int64_t code_blocks(int64_t n) { return (n + kCodeBlock - 1) / kCodeBlock; }
 
-template <int kStates>
+// ---------------------------------------------------------------------------------------
+// parse/infer callbacks of the update operators, generic over the rule
+
+template <typename Rule>
 MXReturnValue parse_update_attrs(const Attrs& attrs, int* num_in, int* num_out) {
   GroupLayout layout;
-  if (!parse_layout(attrs, kStates, &layout)) return MX_FAIL;
+  if (!parse_layout(attrs, Rule::kStates, &layout)) return MX_FAIL;
   *num_in = layout.num_inputs();
   *num_out = layout.num_weights;
   return MX_SUCCESS;
 }
 
+// The dtype state input s (0-based among the state inputs) of a weight must have.
+int state_dtype(const GroupLayout& layout, int weight, int s) {
+  if (layout.state_bits == 8) return s % 2 == 0 ? mxnet::ext::kUint8 : kFloat32;
+  return layout.multi_precision ? kFloat32 : weight;
+}
+
 // float32 and float64 weights keep states of their own type; float16 weights need
-// multi_precision (float32 states and master weight). Refused otherwise: the kernels
-// read raw memory, and MXNet does not check dtypes of extension operators itself.
-template <int kStates>
+// multi_precision (float32 states and master weight); 8-bit states go with float32 or
+// float16 weights. Refused otherwise: the kernels read raw memory, and MXNet does not
+// check dtypes of extension operators itself.
+template <typename Rule>
 MXReturnValue infer_update_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>* out) {
   GroupLayout layout;
-  if (!parse_layout(attrs, kStates, &layout)) return MX_FAIL;
+  if (!parse_layout(attrs, Rule::kStates, &layout)) return MX_FAIL;
   for (int k = 0; k < layout.num_weights; ++k) {
     const int base = k * layout.inputs_per_weight;
     const int weight = in->at(base);
@@ -122,22 +150,26 @@ MXReturnValue infer_update_type(const Attrs& attrs, std::vector<int>* in, std::v
       return MX_FAIL;
     }
     if (layout.multi_precision != (weight == kFloat16) ||
-        (weight != kFloat16 && weight != kFloat32 && weight != kFloat64)) {
+        (weight != kFloat16 && weight != kFloat32 && weight != kFloat64) ||
+        (layout.state_bits == 8 && weight == kFloat64)) {
       MX_ERROR_MSG << "mxnag: weight " << k << " is " << dtype_name(weight) << " with multi_precision="
-                   << layout.multi_precision << "; the fused update takes float32 or float64 weights, "
-                   << "or float16 weights with multi_precision=1";
+                   << layout.multi_precision << " and state_bits=" << layout.state_bits
+                   << "; the fused update takes float32 or float64 weights, or float16 weights "
+                   << "with multi_precision=1, and 8-bit states with float32 or float16 weights";
       return MX_FAIL;
     }
-    const int state = layout.multi_precision ? kFloat32 : weight;
     if (in->at(base + 1) != weight) {
       MX_ERROR_MSG << "mxnag: gradient " << k << " is " << dtype_name(in->at(base + 1))
                    << ", its weight " << dtype_name(weight);
       return MX_FAIL;
     }
-    for (int s = 2; s < layout.inputs_per_weight; ++s) {
-      if (in->at(base + s) != state) {
-        MX_ERROR_MSG << "mxnag: input " << s << " (a state) of weight " << k << " is "
-                     << dtype_name(in->at(base + s)) << ", expected " << dtype_name(state);
+    for (int s = 0; s + 2 < layout.inputs_per_weight; ++s) {
+      const bool master = s >= layout.state_inputs();
+      const int expected = master ? kFloat32 : state_dtype(layout, weight, s);
+      if (in->at(base + 2 + s) != expected) {
+        MX_ERROR_MSG << "mxnag: input " << s + 2 << " (" << (master ? "the master weight" : "a state")
+                     << ") of weight " << k << " is " << dtype_name(in->at(base + 2 + s))
+                     << ", expected " << dtype_name(expected);
         return MX_FAIL;
       }
     }
@@ -159,14 +191,29 @@ MXReturnValue infer_update_type(const Attrs& attrs, std::vector<int>* in, std::v
   return MX_SUCCESS;
 }
 
-template <int kStates>
+int64_t elements(const std::vector<unsigned int>& shape) {
+  int64_t n = 1;
+  for (unsigned int d : shape) n *= d;
+  return n;
+}
+
+template <typename Rule>
 MXReturnValue infer_update_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   GroupLayout layout;
-  if (!parse_layout(attrs, kStates, &layout)) return MX_FAIL;
+  if (!parse_layout(attrs, Rule::kStates, &layout)) return MX_FAIL;
   for (int k = 0; k < layout.num_weights; ++k) {
     const int base = k * layout.inputs_per_weight;
     for (int s = 1; s < layout.inputs_per_weight; ++s) {
-      if (in->at(base + s) != in->at(base)) {
+      const bool scales = layout.state_bits == 8 && s >= 2 && s - 2 < layout.state_inputs() &&
+                          (s - 2) % 2 == 1;
+      if (scales) {
+        const auto& shape = in->at(base + s);
+        if (shape.size() != 1 || shape[0] != code_blocks(elements(in->at(base)))) {
+          MX_ERROR_MSG << "mxnag: input " << s << " of weight " << k << " (8-bit scales) must have "
+                       << "shape (" << code_blocks(elements(in->at(base))) << ",)";
+          return MX_FAIL;
+        }
+      } else if (in->at(base + s) != in->at(base)) {
         MX_ERROR_MSG << "mxnag: input " << s << " of weight " << k
                      << " does not have the weight's shape";
         return MX_FAIL;
@@ -192,10 +239,10 @@ MXReturnValue infer_update_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
 }
 
 // The states and the master weight are updated in place: inputs 2.. of every parameter.
-template <int kStates>
+template <typename Rule>
 MXReturnValue mutated_update_inputs(const Attrs& attrs, std::vector<int>* indices) {
   GroupLayout layout;
-  if (!parse_layout(attrs, kStates, &layout)) return MX_FAIL;
+  if (!parse_layout(attrs, Rule::kStates, &layout)) return MX_FAIL;
   for (int k = 0; k < layout.num_weights; ++k)
     for (int s = 2; s < layout.inputs_per_weight; ++s)
       indices->push_back(k * layout.inputs_per_weight + s);
@@ -204,71 +251,109 @@ MXReturnValue mutated_update_inputs(const Attrs& attrs, std::vector<int>* indice
 }
 
 // ---------------------------------------------------------------------------------------
-// element-wise maths
+// the element-wise loops around a rule's body (src/rules.h), one per way of storing states
 
-// MXNet's clip: NaN passes through (bound = +inf when clipping is off).
-template <typename S> inline S clip(S x, S bound) {
-  return x > bound ? bound : (x < -bound ? -bound : x);
-}
-
-template <typename S> S clip_bound(double clip_gradient) {
-  return clip_gradient >= 0 ? static_cast<S>(clip_gradient) : static_cast<S>(INFINITY);
-}
-
-// AdaNAG scalars of one parameter, in the arithmetic type S.
-template <typename S> struct AdanagCoefs {
-  S rescale, clip, beta1, one_minus_beta1, beta2, one_minus_beta2, epsilon;
-  S wd_into_grad, weight_scale, grad_coef, mean_coef, var_scale;
-};
-
-// One AdaNAG step over [0, n) of one parameter (its master weight under multi_precision).
-// Without clipping (kClip false) the clip's two comparisons leave the loop.
-template <typename S, bool kWdIntoGrad, bool kClip>
-void adanag_span(const AdanagCoefs<S>& c, int64_t n, const S* __restrict grad,
-                 S* __restrict w, S* __restrict mean, S* __restrict var) {
-#pragma omp simd
+// [0, n) of one parameter with states of type S: one pass, vectorised. The states'
+// pointers arrive as a pack (the vectoriser keeps separate pointers in registers; an
+// array of them it reloads every element, and gives up).
+template <typename Rule, typename S, size_t... J, typename... Ptr>
+void full_loop(const typename Rule::template Coefs<S>& c, int64_t n, const S* __restrict grad,
+               S* __restrict w, std::index_sequence<J...>, Ptr... st) {
+  // ivdep, not omp simd: GCC 12 vectorises no omp simd loop holding a local array (s)
+#pragma GCC ivdep
   for (int64_t i = 0; i < n; ++i) {
+    S s[] = {st[i]...};
     S wi = w[i];
-    S g = grad[i] * c.rescale;
-    if (kWdIntoGrad) g = g + wi * c.wd_into_grad;
-    if (kClip) g = clip(g, c.clip);
-    const S m = c.beta1 * mean[i] + c.one_minus_beta1 * g;
-    const S v = c.beta2 * var[i] + c.one_minus_beta2 * (g * g);
-    mean[i] = m;
-    var[i] = v;
-    const S denom = std::sqrt(v) * c.var_scale + c.epsilon;
-    w[i] = wi * c.weight_scale - (c.grad_coef * g + c.mean_coef * m) / denom;
+    Rule::step(c, grad[i], wi, s);
+    w[i] = wi;
+    ((st[i] = s[J]), ...);
   }
 }
 
-// Adan scalars of one parameter.
-template <typename S> struct AdanCoefs {
-  S rescale, clip, beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3;
-  S epsilon, mean_coef, diff_coef, sq_scale, weight_scale, weight_divisor;
+template <typename Rule, typename S, size_t... J>
+void full_span(const typename Rule::template Coefs<S>& c, int64_t n, const S* grad, S* w,
+               S* const* states, std::index_sequence<J...> order) {
+  full_loop<Rule, S>(c, n, grad, w, order, states[J]...);
+}
+
+// The 8-bit states of one parameter: codes and a scale per block (src/state_codes.h).
+struct CodedStates {
+  uint8_t* codes[8];
+  float* scales[8];
 };
 
-// One Adan step over [0, n); on the first step the previous gradient is the current one.
-template <typename S, bool kFirstStep>
-void adan_span(const AdanCoefs<S>& c, int64_t n, const S* __restrict grad, S* __restrict w,
-               S* __restrict mean, S* __restrict diff_mean, S* __restrict sq_mean,
-               S* __restrict prev_grad) {
+template <typename Rule, int J>
+using CodeOf = typename std::conditional<Rule::non_negative(J), mxnag_root_code,
+                                         mxnag_signed_code>::type;
+
+// Requantises state J's new values `values[0, len)` into its codes and scale.
+template <typename Rule, int J>
+void store_block(const float* values, int64_t len, uint8_t* codes, float* scale) {
+  typedef CodeOf<Rule, J> Code;
+  float largest = 0.0f;
+  int nan = 0;
+#pragma omp simd reduction(max:largest) reduction(|:nan)
+  for (int64_t i = 0; i < len; ++i) {
+    const float a = std::fabs(values[i]);
+    largest = a > largest ? a : largest;
+    nan |= values[i] != values[i];
+  }
+  const float inverse = largest > 0.0f ? Code::top() / largest : 0.0f;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const S g = clip(grad[i] * c.rescale, c.clip);
-    const S diff = g - (kFirstStep ? g : prev_grad[i]);
-    const S m = c.beta1 * mean[i] + c.one_minus_beta1 * g;
-    const S d = c.beta2 * diff_mean[i] + c.one_minus_beta2 * diff;
-    const S u = g + c.beta2 * diff;
-    const S sq = c.beta3 * sq_mean[i] + c.one_minus_beta3 * (u * u);
-    const S denom = std::sqrt(sq) * c.sq_scale + c.epsilon;
-    S wi = w[i] * c.weight_scale;
-    wi = wi - (c.mean_coef * m + c.diff_coef * d) / denom;
-    wi = wi / c.weight_divisor;
-    mean[i] = m;
-    diff_mean[i] = d;
-    sq_mean[i] = sq;
-    prev_grad[i] = g;
+  for (int64_t i = 0; i < len; ++i) codes[i] = uint8_t(Code::encode(values[i] * inverse));
+  *scale = nan ? NAN : largest / Code::top();
+}
+
+template <typename Rule, int J>
+struct StoreStates {
+  static void run(float (*values)[kCodeBlock], int64_t len, const CodedStates& q, int64_t offset) {
+    StoreStates<Rule, J - 1>::run(values, len, q, offset);
+    store_block<Rule, J - 1>(values[J - 1], len, q.codes[J - 1] + offset,
+                             q.scales[J - 1] + offset / kCodeBlock);
+  }
+};
+template <typename Rule>
+struct StoreStates<Rule, 0> {
+  static void run(float (*)[kCodeBlock], int64_t, const CodedStates&, int64_t) {}
+};
+
+template <typename Rule, int J>
+inline float load_state(uint8_t code, float scale) {
+  const float x = CodeOf<Rule, J>::decode(code) * scale;
+  return Rule::non_negative(J) ? x * x : x;
+}
+
+// One block's update: decode, the rule's body, the weight written and the new states kept
+// in `values` (square roots of the non-negative ones), which stay in cache for the
+// requantiser (codes as a pack, as full_loop's states).
+template <typename Rule, size_t... J, typename... Codes>
+void coded_loop(const typename Rule::template Coefs<float>& c, int64_t len,
+                const float* __restrict g, float* __restrict w, float (*__restrict values)[kCodeBlock],
+                const float* scale_of, std::index_sequence<J...>, Codes... codes) {
+  const float scale[] = {scale_of[J]...};
+#pragma GCC ivdep
+  for (int64_t i = 0; i < len; ++i) {
+    float s[] = {load_state<Rule, J>(codes[i], scale[J])...};
+    float wi = w[i];
+    Rule::step(c, g[i], wi, s);
     w[i] = wi;
+    ((values[J][i] = Rule::non_negative(J) ? sqrt(s[J]) : s[J]), ...);
+  }
+}
+
+// [begin, end) of one parameter with 8-bit states (begin a multiple of kCodeBlock):
+// per block, decode and update (coded_loop), then each state's largest magnitude and its
+// codes from the buffer: one pass over memory.
+template <typename Rule, size_t... J>
+void coded_span(const typename Rule::template Coefs<float>& c, int64_t begin, int64_t end,
+                const float* grad, float* w, const CodedStates& q, std::index_sequence<J...> order) {
+  constexpr int K = Rule::kStates;
+  float values[K][kCodeBlock];
+  for (int64_t b = begin; b < end; b += kCodeBlock) {
+    const int64_t len = std::min<int64_t>(kCodeBlock, end - b);
+    const float scale[] = {q.scales[J][b / kCodeBlock]...};
+    coded_loop<Rule>(c, len, grad + b, w + b, values, scale, order, (q.codes[J] + b)...);
+    StoreStates<Rule, K>::run(values, len, q, b);
   }
 }
 
@@ -294,7 +379,7 @@ void floats_to_halves(const float* in, uint16_t* out, int64_t n) {
 }
 
 // Elements per float16 tile: the converted gradient stays in L1 cache, so the update
-// remains a single pass over memory.
+// remains a single pass over memory (a multiple of kCodeBlock: 8-bit blocks stay whole).
 const int64_t kHalfTile = 512;
 
 // Runs step(n, grad32, offset) over [0, n) in tiles: the float16 gradient converted to a
@@ -312,17 +397,19 @@ void with_half_tiles(int64_t n, const uint16_t* grad16, const float* master, uin
 }
 
 // ---------------------------------------------------------------------------------------
-// forward passes
+// forward pass
 
 // Pointers of parameter k: its gradient (S, or float16 bits under multi_precision), the
 // weight the maths updates (S: the float32 master weight under multi_precision), its
-// states, and the float16 weight written from the master under multi_precision.
+// states (S arrays, or 8-bit codes and scales), and the float16 weight written from the
+// master under multi_precision.
 template <typename S> struct Param {
   const S* grad;
   const uint16_t* grad16;
   S* weight;
   uint16_t* weight16;
-  std::vector<S*> states;
+  S* states[8];
+  CodedStates coded;
   int64_t size;
 };
 
@@ -330,18 +417,25 @@ template <typename S> struct Param {
 // the caller passed an output other than the weight input, the weight is copied there
 // first and updated in place.
 template <typename S>
-std::vector<Param<S>> gather(const GroupLayout& layout, int states, std::vector<MXTensor>* in,
+std::vector<Param<S>> gather(const GroupLayout& layout, std::vector<MXTensor>* in,
                              std::vector<MXTensor>* out) {
   std::vector<Param<S>> params(layout.num_weights);
   for (int k = 0; k < layout.num_weights; ++k) {
     const int base = k * layout.inputs_per_weight;
     Param<S>& p = params[k];
     p.size = in->at(base).size();
-    for (int s = 0; s < states; ++s) p.states.push_back(in->at(base + 2 + s).data<S>());
+    for (int s = 0; s < layout.num_states; ++s) {
+      if (layout.state_bits == 8) {
+        p.coded.codes[s] = in->at(base + 2 + 2 * s).data<uint8_t>();
+        p.coded.scales[s] = in->at(base + 3 + 2 * s).data<float>();
+      } else {
+        p.states[s] = in->at(base + 2 + s).data<S>();
+      }
+    }
     if (layout.multi_precision) {
       p.grad = nullptr;
       p.grad16 = in->at(base + 1).data<uint16_t>();
-      p.weight = in->at(base + 2 + states).data<S>();
+      p.weight = in->at(base + 2 + layout.state_inputs()).data<S>();
       p.weight16 = out->at(k).data<uint16_t>();
     } else {
       p.grad = in->at(base + 1).data<S>();
@@ -355,18 +449,11 @@ std::vector<Param<S>> gather(const GroupLayout& layout, int states, std::vector<
   return params;
 }
 
-template <typename S>
-std::vector<int64_t> sizes_of(const std::vector<Param<S>>& params) {
-  std::vector<int64_t> sizes;
-  for (const Param<S>& p : params) sizes.push_back(p.size);
-  return sizes;
-}
-
 // The step counts of a group (see the file's head): advances each parameter's count by
 // the flag, writing the slot it does not read, and, when the step applies, multiplies
-// each step scalar (step_scalars[j], one value per weight) by the table's factor at the
-// new count. Returns false with an error for a malformed call; *applies says whether the
-// step applies.
+// each step scalar (column j of `scalars`, one value per weight) by the table's factor
+// at the new count. Returns false with an error for a malformed call; *applies says
+// whether the step applies.
 bool apply_step_counts(const Attrs& attrs, const GroupLayout& layout,
                        const std::vector<std::vector<double>*>& step_scalars,
                        std::vector<MXTensor>* in, bool* applies) {
@@ -401,196 +488,115 @@ bool apply_step_counts(const Attrs& attrs, const GroupLayout& layout,
   return true;
 }
 
-// The per-tensor scalar vectors of the names in the attribute 'step_scalars', in order.
-template <typename A>
-bool step_scalar_vectors(const Attrs& attrs, A* a, std::vector<std::vector<double>*>* out) {
-  std::string text;
-  if (!find_attr(attrs, "step_scalars", &text)) return false;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t comma = text.find(',', start);
-    if (comma == std::string::npos) comma = text.size();
-    const std::string name = text.substr(start, comma - start);
-    std::vector<double>* vector = a->scalar(name);
-    if (vector == nullptr) {
-      MX_ERROR_MSG << "mxnag: '" << name << "' in attribute 'step_scalars' is not a per-tensor "
-                   << "scalar of this operator";
-      return false;
-    }
-    out->push_back(vector);
-    start = comma + 1;
-  }
-  return true;
-}
-
-struct AdanagAttrs {
+// A rule's scalars of one call: each is an attribute named as in the rule (src/rules.h),
+// one number (shared by the group) or one per weight.
+template <typename Rule>
+struct RuleScalars {
   GroupLayout layout;
-  double rescale, clip, beta1, beta2, epsilon;
-  std::vector<double> wd_into_grad, weight_scale, grad_coef, mean_coef, var_scale;
-  std::vector<double>* scalar(const std::string& name) {
-    if (name == "wd_into_grad") return &wd_into_grad;
-    if (name == "weight_scale") return &weight_scale;
-    if (name == "grad_coef") return &grad_coef;
-    if (name == "mean_coef") return &mean_coef;
-    if (name == "var_scale") return &var_scale;
-    return nullptr;
+  std::vector<std::vector<double>> values;  // [scalar][weight]
+
+  bool parse(const Attrs& attrs) {
+    const int n = layout.num_weights;
+    values.assign(Rule::kScalars, {});
+    for (int j = 0; j < Rule::kScalars; ++j) {
+      std::string text;
+      if (!find_attr(attrs, Rule::kScalarNames[j], &text)) return false;
+      const bool shared = text.find(',') == std::string::npos;
+      if (!list_attr(attrs, Rule::kScalarNames[j], shared ? 1 : n, &values[j])) return false;
+      if (shared) values[j].assign(n, values[j][0]);
+    }
+    return true;
+  }
+
+  // The columns named in the attribute 'step_scalars', in order.
+  bool step_columns(const Attrs& attrs, std::vector<std::vector<double>*>* out) {
+    std::string text;
+    if (!find_attr(attrs, "step_scalars", &text)) return false;
+    size_t start = 0;
+    while (start < text.size()) {
+      size_t comma = text.find(',', start);
+      if (comma == std::string::npos) comma = text.size();
+      const std::string name = text.substr(start, comma - start);
+      int found = -1;
+      for (int j = 0; j < Rule::kScalars; ++j)
+        if (name == Rule::kScalarNames[j]) found = j;
+      if (found < 0) {
+        MX_ERROR_MSG << "mxnag: '" << name << "' in attribute 'step_scalars' is not a scalar of "
+                     << "this operator";
+        return false;
+      }
+      out->push_back(&values[found]);
+      start = comma + 1;
+    }
+    return true;
+  }
+
+  template <typename S> typename Rule::template Coefs<S> coefs(int k) const {
+    double row[Rule::kScalars];
+    for (int j = 0; j < Rule::kScalars; ++j) row[j] = values[j][k];
+    return Rule::template from<S>(row);
   }
 };
 
-bool parse_adanag(const Attrs& attrs, AdanagAttrs* a) {
-  const int n = a->layout.num_weights;
-  return double_attr(attrs, "rescale_grad", &a->rescale) &&
-         double_attr(attrs, "clip_gradient", &a->clip) &&
-         double_attr(attrs, "beta1", &a->beta1) && double_attr(attrs, "beta2", &a->beta2) &&
-         double_attr(attrs, "epsilon", &a->epsilon) &&
-         list_attr(attrs, "wd_into_grad", n, &a->wd_into_grad) &&
-         list_attr(attrs, "weight_scale", n, &a->weight_scale) &&
-         list_attr(attrs, "grad_coef", n, &a->grad_coef) &&
-         list_attr(attrs, "mean_coef", n, &a->mean_coef) &&
-         list_attr(attrs, "var_scale", n, &a->var_scale);
-}
-
-template <typename S>
-void adanag_span_of(const AdanagCoefs<S>& c, bool wd_into_grad, int64_t n, const S* g, S* w, S* m,
-                    S* v) {
-  const bool clipped = std::isfinite(c.clip);
-  if (wd_into_grad) {
-    if (clipped) adanag_span<S, true, true>(c, n, g, w, m, v);
-    else adanag_span<S, true, false>(c, n, g, w, m, v);
-  } else {
-    if (clipped) adanag_span<S, false, true>(c, n, g, w, m, v);
-    else adanag_span<S, false, false>(c, n, g, w, m, v);
-  }
-}
-
-template <typename S>
-void run_adanag(const AdanagAttrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out) {
-  const std::vector<Param<S>> params = gather<S>(a.layout, 2, in, out);
-  std::vector<AdanagCoefs<S>> coefs(params.size());
+template <typename Rule, typename S>
+void run_rule(const RuleScalars<Rule>& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out) {
+  const GroupLayout& layout = a.layout;
+  const std::vector<Param<S>> params = gather<S>(layout, in, out);
+  std::vector<typename Rule::template Coefs<S>> coefs;
+  std::vector<int64_t> sizes;  // 8-bit: whole blocks, so that every span starts a block
   for (size_t k = 0; k < params.size(); ++k) {
-    coefs[k] = AdanagCoefs<S>{
-        S(a.rescale), clip_bound<S>(a.clip), S(a.beta1), S(1.0 - a.beta1), S(a.beta2),
-        S(1.0 - a.beta2), S(a.epsilon), S(a.wd_into_grad[k]), S(a.weight_scale[k]),
-        S(a.grad_coef[k]), S(a.mean_coef[k]), S(a.var_scale[k])};
+    coefs.push_back(a.template coefs<S>(k));
+    const int64_t n = params[k].size;
+    sizes.push_back(layout.state_bits == 8 ? code_blocks(n) * kCodeBlock : n);
   }
-  for_each_span(sizes_of(params), [&](size_t k, int64_t begin, int64_t end) {
+  const auto order = std::make_index_sequence<Rule::kStates>();
+  for_each_span(sizes, [&](size_t k, int64_t begin, int64_t end) {
     const Param<S>& p = params[k];
-    const bool wd_into_grad = a.wd_into_grad[k] != 0.0;
-    S* w = p.weight + begin;
-    S* m = p.states[0] + begin;
-    S* v = p.states[1] + begin;
-    if constexpr (std::is_same<S, float>::value) {  // float16 weights: float32 maths
+    end = std::min(end, p.size);
+    if (begin >= end) return;
+    if constexpr (std::is_same<S, float>::value) {
+      if (layout.state_bits == 8) {
+        if (p.weight16 != nullptr) {  // float16 weights: float32 maths on the master weight
+          with_half_tiles(end - begin, p.grad16 + begin, p.weight + begin, p.weight16 + begin,
+                          [&](int64_t n, const float* g, int64_t t) {
+                            coded_span<Rule>(coefs[k], begin + t, begin + t + n, g - begin - t,
+                                             p.weight, p.coded, order);
+                          });
+        } else {
+          coded_span<Rule>(coefs[k], begin, end, p.grad, p.weight, p.coded, order);
+        }
+        return;
+      }
       if (p.weight16 != nullptr) {
-        with_half_tiles(end - begin, p.grad16 + begin, w, p.weight16 + begin,
+        S* states[8];
+        with_half_tiles(end - begin, p.grad16 + begin, p.weight + begin, p.weight16 + begin,
                         [&](int64_t n, const float* g, int64_t t) {
-                          adanag_span_of(coefs[k], wd_into_grad, n, g, w + t, m + t, v + t);
+                          for (int j = 0; j < Rule::kStates; ++j) states[j] = p.states[j] + begin + t;
+                          full_span<Rule, S>(coefs[k], n, g, p.weight + begin + t, states, order);
                         });
         return;
       }
     }
-    adanag_span_of(coefs[k], wd_into_grad, end - begin, p.grad + begin, w, m, v);
+    S* states[8];
+    for (int j = 0; j < Rule::kStates; ++j) states[j] = p.states[j] + begin;
+    full_span<Rule, S>(coefs[k], end - begin, p.grad + begin, p.weight + begin, states, order);
   });
 }
 
-MXReturnValue adanag_forward(const Attrs& attrs, std::vector<MXTensor>* in,
+template <typename Rule>
+MXReturnValue update_forward(const Attrs& attrs, std::vector<MXTensor>* in,
                              std::vector<MXTensor>* out, const OpResource&) {
-  AdanagAttrs a;
+  RuleScalars<Rule> a;
   std::vector<std::vector<double>*> step_scalars;
   bool applies = false;
-  if (!parse_layout(attrs, 2, &a.layout) || !parse_adanag(attrs, &a) ||
-      !step_scalar_vectors(attrs, &a, &step_scalars) ||
+  if (!parse_layout(attrs, Rule::kStates, &a.layout) || !a.parse(attrs) ||
+      !a.step_columns(attrs, &step_scalars) ||
       !apply_step_counts(attrs, a.layout, step_scalars, in, &applies))
     return MX_FAIL;
-  if (!applies) return MX_SUCCESS;
+  if (!applies) return MX_SUCCESS;  // a skipped step: weights, states (codes, scales) as they are
   switch (in->at(0).dtype) {
-    case kFloat32: case kFloat16: run_adanag<float>(a, in, out); return MX_SUCCESS;
-    case kFloat64: run_adanag<double>(a, in, out); return MX_SUCCESS;
-    default:
-      MX_ERROR_MSG << "mxnag: unsupported weight dtype " << in->at(0).dtype;
-      return MX_FAIL;
-  }
-}
-
-struct AdanAttrs {
-  GroupLayout layout;
-  double rescale, clip, beta1, beta2, beta3, epsilon;
-  std::vector<double> first_step, mean_coef, diff_coef, sq_scale, weight_scale, weight_divisor;
-  std::vector<double>* scalar(const std::string& name) {
-    if (name == "first_step") return &first_step;
-    if (name == "mean_coef") return &mean_coef;
-    if (name == "diff_coef") return &diff_coef;
-    if (name == "sq_scale") return &sq_scale;
-    if (name == "weight_scale") return &weight_scale;
-    if (name == "weight_divisor") return &weight_divisor;
-    return nullptr;
-  }
-};
-
-bool parse_adan(const Attrs& attrs, AdanAttrs* a) {
-  const int n = a->layout.num_weights;
-  return double_attr(attrs, "rescale_grad", &a->rescale) &&
-         double_attr(attrs, "clip_gradient", &a->clip) &&
-         double_attr(attrs, "beta1", &a->beta1) && double_attr(attrs, "beta2", &a->beta2) &&
-         double_attr(attrs, "beta3", &a->beta3) && double_attr(attrs, "epsilon", &a->epsilon) &&
-         list_attr(attrs, "first_step", n, &a->first_step) &&
-         list_attr(attrs, "mean_coef", n, &a->mean_coef) &&
-         list_attr(attrs, "diff_coef", n, &a->diff_coef) &&
-         list_attr(attrs, "sq_scale", n, &a->sq_scale) &&
-         list_attr(attrs, "weight_scale", n, &a->weight_scale) &&
-         list_attr(attrs, "weight_divisor", n, &a->weight_divisor);
-}
-
-template <typename S>
-void adan_span_of(const AdanCoefs<S>& c, bool first_step, int64_t n, const S* g, S* w, S* m, S* d,
-                  S* sq, S* prev) {
-  if (first_step) adan_span<S, true>(c, n, g, w, m, d, sq, prev);
-  else adan_span<S, false>(c, n, g, w, m, d, sq, prev);
-}
-
-template <typename S>
-void run_adan(const AdanAttrs& a, std::vector<MXTensor>* in, std::vector<MXTensor>* out) {
-  const std::vector<Param<S>> params = gather<S>(a.layout, 4, in, out);
-  std::vector<AdanCoefs<S>> coefs(params.size());
-  for (size_t k = 0; k < params.size(); ++k) {
-    coefs[k] = AdanCoefs<S>{
-        S(a.rescale), clip_bound<S>(a.clip), S(a.beta1), S(1.0 - a.beta1), S(a.beta2),
-        S(1.0 - a.beta2), S(a.beta3), S(1.0 - a.beta3), S(a.epsilon), S(a.mean_coef[k]),
-        S(a.diff_coef[k]), S(a.sq_scale[k]), S(a.weight_scale[k]), S(a.weight_divisor[k])};
-  }
-  for_each_span(sizes_of(params), [&](size_t k, int64_t begin, int64_t end) {
-    const Param<S>& p = params[k];
-    const bool first = a.first_step[k] != 0.0;
-    S* w = p.weight + begin;
-    S* m = p.states[0] + begin;
-    S* d = p.states[1] + begin;
-    S* sq = p.states[2] + begin;
-    S* prev = p.states[3] + begin;
-    if constexpr (std::is_same<S, float>::value) {  // float16 weights: float32 maths
-      if (p.weight16 != nullptr) {
-        with_half_tiles(end - begin, p.grad16 + begin, w, p.weight16 + begin,
-                        [&](int64_t n, const float* g, int64_t t) {
-                          adan_span_of(coefs[k], first, n, g, w + t, m + t, d + t, sq + t, prev + t);
-                        });
-        return;
-      }
-    }
-    adan_span_of(coefs[k], first, end - begin, p.grad + begin, w, m, d, sq, prev);
-  });
-}
-
-MXReturnValue adan_forward(const Attrs& attrs, std::vector<MXTensor>* in,
-                           std::vector<MXTensor>* out, const OpResource&) {
-  AdanAttrs a;
-  std::vector<std::vector<double>*> step_scalars;
-  bool applies = false;
-  if (!parse_layout(attrs, 4, &a.layout) || !parse_adan(attrs, &a) ||
-      !step_scalar_vectors(attrs, &a, &step_scalars) ||
-      !apply_step_counts(attrs, a.layout, step_scalars, in, &applies))
-    return MX_FAIL;
-  if (!applies) return MX_SUCCESS;
-  switch (in->at(0).dtype) {
-    case kFloat32: case kFloat16: run_adan<float>(a, in, out); return MX_SUCCESS;
-    case kFloat64: run_adan<double>(a, in, out); return MX_SUCCESS;
+    case kFloat32: case kFloat16: run_rule<Rule, float>(a, in, out); return MX_SUCCESS;
+    case kFloat64: run_rule<Rule, double>(a, in, out); return MX_SUCCESS;
     default:
       MX_ERROR_MSG << "mxnag: unsupported weight dtype " << in->at(0).dtype;
       return MX_FAIL;
@@ -693,19 +699,15 @@ MXReturnValue probe_forward(const Attrs&, std::vector<MXTensor>*, std::vector<MX
 
 }  // namespace
 
-REGISTER_OP(mxnag_adanag_update)
-    .setParseAttrs(parse_update_attrs<2>)
-    .setInferType(infer_update_type<2>)
-    .setInferShape(infer_update_shape<2>)
-    .setMutateInputs(mutated_update_inputs<2>)
-    .setForward(adanag_forward, "cpu");
-
-REGISTER_OP(mxnag_adan_update)
-    .setParseAttrs(parse_update_attrs<4>)
-    .setInferType(infer_update_type<4>)
-    .setInferShape(infer_update_shape<4>)
-    .setMutateInputs(mutated_update_inputs<4>)
-    .setForward(adan_forward, "cpu");
+// One operator per rule of src/rules.h: mxnag_<name>_update.
+#define MXNAG_REGISTER_RULE(name)                            \
+  REGISTER_OP(mxnag_##name##_update)                         \
+      .setParseAttrs(parse_update_attrs<name##_rule>)        \
+      .setInferType(infer_update_type<name##_rule>)          \
+      .setInferShape(infer_update_shape<name##_rule>)        \
+      .setMutateInputs(mutated_update_inputs<name##_rule>)   \
+      .setForward(update_forward<name##_rule>, "cpu");
+MXNAG_RULES(MXNAG_REGISTER_RULE)
 
 REGISTER_OP(mxnag_all_finite)
     .setParseAttrs(all_finite_attrs)

@@ -1,4 +1,4 @@
-// Fused, single-pass AdaNAG and Adan updates for the GPU, compiled at run time by NVRTC
+// Fused, single-pass optimizer updates for the GPU, compiled at run time by NVRTC
 // (mx.rtc.CudaModule in mxnet-cu112; CuPy's RawModule in the tests; nvcc --ptx in CI).
 //
 // The maths is each optimizer's readable step (mxnag/optim/<name>.py) and src/fused_cpu.cc: the host
@@ -9,17 +9,12 @@
 // as raw binary16 bits (the __half of the mx.rtc signatures) converted by PTX cvt
 // instructions.
 //
-// This file holds one device function per algorithm (scalar type S: float, or double for
-// float64 weights; G: the gradient's type, binary16 bits for float16 weights, whose
-// float32 master weight is `weight` and whose float16 copy `weight16` is written in the
-// same pass). The extern "C" __global__ entry points that call them, one per algorithm,
-// dtype and number of tensors per launch (blockIdx.y picks the tensor), are appended by
-// mxnag/kernels/cuda.py (source()), from the table its mx.rtc signatures come from.
-//   adanag scalars: rescale_grad, clip_gradient (< 0: off), beta1, beta2, epsilon,
-//                   wd_into_grad, weight_scale, grad_coef, mean_coef, var_scale
-//   adan scalars:   rescale_grad, clip_gradient (< 0: off), beta1, beta2, beta3, epsilon,
-//                   first_step (int), mean_coef, diff_coef, sq_scale, weight_scale,
-//                   weight_divisor
+// The maths of each rule is its body in src/rules.h, the one the CPU operator runs; this
+// file holds the loops around it (scalar type S: float, or double for float64 weights; G:
+// the gradient's type, binary16 bits for float16 weights). The extern "C" __global__ entry
+// points, one per rule, dtype, state format and number of tensors per launch (blockIdx.y
+// picks the tensor), are appended by mxnag/kernels/cuda.py (source()), from the table its
+// mx.rtc signatures come from: each fills the rule's Coefs by the scalars' names.
 
 typedef unsigned short mxnag_half_bits;
 
@@ -55,66 +50,88 @@ __device__ __forceinline__ long long mxnag_step_row(const float* flag, double* s
   return row < table_rows ? row : -1;  // the host sizes the table to the attempted steps
 }
 
-// MXNet's clip: NaN passes through.
-template <typename S>
-__device__ __forceinline__ S mxnag_clip(S x, S bound) {
-  return x > bound ? bound : (x < -bound ? -bound : x);
-}
+// The rules' bodies (src/rules.h) and the 8-bit codes (src/state_codes.h), pasted here by
+// mxnag/kernels/cuda.py (NVRTC gets no include paths).
+#define MXNAG_HD __device__ __forceinline__
+#include "rules.h"
+#include "state_codes.h"
 
-template <typename S, typename G, bool kHalfOut>
-__device__ __forceinline__ void mxnag_adanag_body(
-    const G* __restrict__ grad, S* __restrict__ weight, S* __restrict__ mean,
-    S* __restrict__ var, mxnag_half_bits* __restrict__ weight16, S rescale_grad,
-    S clip_gradient, S beta1, S beta2, S epsilon, S wd_into_grad, S weight_scale,
-    S grad_coef, S mean_coef, S var_scale, long long n) {
-  const S one_minus_beta1 = S(1) - beta1;  // in S: within one rounding of the CPU's double
-  const S one_minus_beta2 = S(1) - beta2;
+// One tensor of a rule with states of type S (float32, float64; float32 for float16
+// weights, whose float32 master weight is `weight` and whose float16 copy `weight16` is
+// written in the same pass): grid-stride over its elements.
+template <typename Rule, typename S, typename G, bool kHalfOut>
+__device__ __forceinline__ void mxnag_update_full(
+    const typename Rule::template Coefs<S>& c, const G* __restrict__ grad, S* __restrict__ weight,
+    S* const* states, mxnag_half_bits* __restrict__ weight16, long long n) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
        i += (long long)blockDim.x * gridDim.x) {
+    S s[Rule::kStates];
+#pragma unroll
+    for (int j = 0; j < Rule::kStates; ++j) s[j] = states[j][i];
     S w = weight[i];
-    S g = mxnag_load(grad, i) * rescale_grad;
-    if (wd_into_grad != S(0)) g = g + w * wd_into_grad;
-    if (clip_gradient >= S(0)) g = mxnag_clip(g, clip_gradient);
-    w = w * weight_scale;
-    const S m = beta1 * mean[i] + one_minus_beta1 * g;
-    const S v = beta2 * var[i] + one_minus_beta2 * (g * g);
-    const S denom = sqrt(v) * var_scale + epsilon;
-    w = w - (grad_coef * g + mean_coef * m) / denom;
-    mean[i] = m;
-    var[i] = v;
+    Rule::step(c, S(mxnag_load(grad, i)), w, s);
+#pragma unroll
+    for (int j = 0; j < Rule::kStates; ++j) states[j][i] = s[j];
     weight[i] = w;
     if (kHalfOut) weight16[i] = mxnag_round_half(float(w));
   }
 }
 
-template <typename S, typename G, bool kHalfOut>
-__device__ __forceinline__ void mxnag_adan_body(
-    const G* __restrict__ grad, S* __restrict__ weight, S* __restrict__ mean,
-    S* __restrict__ diff_mean, S* __restrict__ sq_mean, S* __restrict__ prev_grad,
-    mxnag_half_bits* __restrict__ weight16, S rescale_grad, S clip_gradient, S beta1,
-    S beta2, S beta3, S epsilon, int first_step, S mean_coef, S diff_coef, S sq_scale,
-    S weight_scale, S weight_divisor, long long n) {
-  const S one_minus_beta1 = S(1) - beta1;
-  const S one_minus_beta2 = S(1) - beta2;
-  const S one_minus_beta3 = S(1) - beta3;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-       i += (long long)blockDim.x * gridDim.x) {
-    S g = mxnag_load(grad, i) * rescale_grad;
-    if (clip_gradient >= S(0)) g = mxnag_clip(g, clip_gradient);
-    const S diff = g - (first_step ? g : prev_grad[i]);
-    const S m = beta1 * mean[i] + one_minus_beta1 * g;
-    const S d = beta2 * diff_mean[i] + one_minus_beta2 * diff;
-    const S u = g + beta2 * diff;
-    const S sq = beta3 * sq_mean[i] + one_minus_beta3 * (u * u);
-    const S denom = sqrt(sq) * sq_scale + epsilon;
-    S w = weight[i] * weight_scale;
-    w = w - (mean_coef * m + diff_coef * d) / denom;
-    w = w / weight_divisor;
-    mean[i] = m;
-    diff_mean[i] = d;
-    sq_mean[i] = sq;
-    prev_grad[i] = g;
-    weight[i] = w;
-    if (kHalfOut) weight16[i] = mxnag_round_half(float(w));
+// One tensor with 8-bit states (src/state_codes.h): a thread block (of MXNAG_CODE_BLOCK
+// threads) per block of codes, grid-stride over them; each thread decodes its element's
+// states, runs the body, writes the weight; the block's largest magnitude of each new
+// state comes from an atomic maximum on the float bits in shared memory (non-negative
+// floats order as their bits; a NaN's bits exceed every number's, so a block holding one
+// gets a NaN scale, as on the CPU), then each thread writes its codes and thread 0 the
+// scales. Every thread of a block takes the same path to each __syncthreads.
+template <typename Rule, typename G, bool kHalfOut>
+__device__ __forceinline__ void mxnag_update_coded(
+    const typename Rule::template Coefs<float>& c, const G* __restrict__ grad,
+    float* __restrict__ weight, unsigned char* const* codes, float* const* scales,
+    mxnag_half_bits* __restrict__ weight16, long long n) {
+  constexpr int K = Rule::kStates;
+  __shared__ unsigned int largest[K];
+  for (long long b = blockIdx.x; b * MXNAG_CODE_BLOCK < n; b += gridDim.x) {
+    const long long i = b * MXNAG_CODE_BLOCK + threadIdx.x;
+    const bool inside = i < n;
+    if (threadIdx.x < K) largest[threadIdx.x] = 0u;
+    __syncthreads();
+    float stored[K];
+    if (inside) {
+      float s[K];
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const float scale = scales[j][b];
+        if (Rule::non_negative(j)) {
+          const float root = mxnag_root_code::decode(codes[j][i]) * scale;
+          s[j] = root * root;
+        } else {
+          s[j] = mxnag_signed_code::decode(codes[j][i]) * scale;
+        }
+      }
+      float w = weight[i];
+      Rule::step(c, float(mxnag_load(grad, i)), w, s);
+      weight[i] = w;
+      if (kHalfOut) weight16[i] = mxnag_round_half(w);
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        stored[j] = Rule::non_negative(j) ? sqrt(s[j]) : s[j];
+        atomicMax(&largest[j], mxnag_float_bits(fabsf(stored[j])));
+      }
+    }
+    __syncthreads();
+    if (inside) {
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const float top = Rule::non_negative(j) ? mxnag_root_code::top() : mxnag_signed_code::top();
+        const float most = mxnag_bits_float(largest[j]);
+        const float inverse = most > 0.0f ? top / most : 0.0f;
+        codes[j][i] = (unsigned char)(Rule::non_negative(j)
+                                          ? mxnag_root_code::encode(stored[j] * inverse)
+                                          : mxnag_signed_code::encode(stored[j] * inverse));
+        if (threadIdx.x == 0) scales[j][b] = most != most ? most : most / top;
+      }
+    }
+    __syncthreads();  // `largest` is reset by the next block of codes
   }
 }
