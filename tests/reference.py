@@ -115,23 +115,28 @@ def nadamw(w0, grads, lrs, wd=0.0, beta1=0.9, beta2=0.999, epsilon=1e-8, rescale
 
 # 8-bit states (issue 21), written from the format's definition: one float32 scale per
 # block of 256 elements, the block's largest magnitude over the largest code's value;
-# signed states as sign + magnitude code c (1..127: 2^((c >> 3) - 15) (1 + (c & 7) / 8),
-# 0: zero); non-negative states as the unsigned code c of their square root (1..255:
-# 2^((c >> 4) - 15) (1 + (c & 15) / 16), 0: zero, a positive value at least code 1).
-# Rounding to the nearest code, ties to the even code.
+# signed states as a sign bit and the magnitude code c (1..127: 2^((c >> 3) - 15)
+# (1 + (c & 7) / 8); 0: zero); non-negative states as the unsigned code c of their square
+# root (1..255: 2^((c >> 4) - 15) (1 + (c & 15) / 16); 0: zero). The scaled magnitude is
+# rounded as a float to the code's mantissa bits (ties to even): 2^-15 and below become 0;
+# a positive root at least code 1.
 CODE_BLOCK = 256
 SIGNED_GRID = np.array([0.0] + [2.0 ** ((c >> 3) - 15) * (1 + (c & 7) / 8) for c in range(1, 128)])
 ROOT_GRID = np.array([0.0] + [2.0 ** ((c >> 4) - 15) * (1 + (c & 15) / 16) for c in range(1, 256)])
 
 
-def _nearest(y, grid):
-    """Index of the nearest value of the increasing ``grid`` to each ``y`` >= 0 (ties: the
-    even index; beyond the grid: its last)."""
-    hi = np.clip(np.searchsorted(grid, y), 1, len(grid) - 1)
-    lo = hi - 1
-    below, above = y - grid[lo], grid[hi] - y
-    pick_hi = (above < below) | ((above == below) & (hi % 2 == 0))
-    return np.where(pick_hi, hi, lo)
+def _float_code(y, mantissa_bits, largest_code):
+    """The code of each magnitude ``y`` >= 0 rounded as a float to ``mantissa_bits``
+    (exponent offset 15: code (e + 15) 2^bits + fraction for 2^e (1 + fraction / 2^bits))."""
+    y = np.asarray(y, np.float64)
+    fraction, exponent = np.frexp(np.where(y > 0, y, 1.0))  # y = fraction 2^exponent, [0.5, 1)
+    steps = 2 ** mantissa_bits
+    q = np.round(fraction * 2 * steps)  # in [steps, 2 steps], ties to even
+    exponent = exponent - 1 + (q == 2 * steps)
+    q = np.where(q == 2 * steps, steps, q)
+    code = (exponent + 15) * steps + (q - steps)
+    code = np.where((y > 0) & (exponent + 15 >= 0), code, 0)
+    return np.clip(code, 0, largest_code).astype(np.int64)
 
 
 def encode_state(values, non_negative):
@@ -146,11 +151,10 @@ def encode_state(values, non_negative):
     scales = largest / grid[-1]
     inverse = np.where(largest > 0, grid[-1] / np.where(largest > 0, largest, 1), 0.0)
     y = np.abs(stored) * np.repeat(inverse, CODE_BLOCK)[:n]
-    codes = _nearest(y, grid)
     if non_negative:
-        codes = np.where((codes == 0) & (y > 0), 1, codes)
+        codes = np.maximum(_float_code(y, 4, 255), (y > 0).astype(np.int64))
     else:
-        codes = np.where((codes > 0) & (stored < 0), codes | 128, codes)
+        codes = _float_code(y, 3, 127) | np.where(np.signbit(stored), 128, 0)
     return codes.astype(np.uint8), scales
 
 
@@ -182,6 +186,12 @@ def codes_agree(codes, values, non_negative, tolerance=2e-6):
     mine_value = grid[mine.astype(np.int64) & mask]
     their_value = grid[theirs.astype(np.int64) & mask]
     same_sign = (theirs.astype(np.int64) & ~mask & 255) == (mine.astype(np.int64) & ~mask & 255)
+    both_zero = (mine_value == 0) & (their_value == 0)  # codes 0 and 128 both read 0
+    # the float rounding is the nearest code but at the bottom: compare distances to the
+    # rounded values (a signed code 0 stands for up to 2^-15 there)
+    if not non_negative:
+        mine_value, their_value = [np.where(v == 0, np.minimum(y, 2.0 ** -15), v)
+                                   for v in (mine_value, their_value)]
     near = np.abs(np.abs(y - their_value) - np.abs(y - mine_value)) <= tolerance
     zero = (their_value == 0) | (mine_value == 0)
-    return (mine == theirs) | (near & (same_sign | zero))
+    return (mine == theirs) | both_zero | (near & (same_sign | zero))

@@ -286,19 +286,21 @@ template <typename Rule, int J>
 using CodeOf = typename std::conditional<Rule::non_negative(J), mxnag_root_code,
                                          mxnag_signed_code>::type;
 
-// Requantises state J's new values `values[0, len)` into its codes and scale.
+// Requantises state J's new values `values[0, len)` into its codes and scale: the largest
+// magnitude as the maximum of the bits with the sign cleared (integer; a NaN's bits exceed
+// every number's), then the codes.
 template <typename Rule, int J>
 void store_block(const float* values, int64_t len, uint8_t* codes, float* scale) {
   typedef CodeOf<Rule, J> Code;
-  float largest = 0.0f;
-  int nan = 0;
-#pragma omp simd reduction(max:largest) reduction(|:nan)
+  uint32_t most = 0;
+#pragma omp simd reduction(max:most)
   for (int64_t i = 0; i < len; ++i) {
-    const float a = std::fabs(values[i]);
-    largest = a > largest ? a : largest;
-    nan |= values[i] != values[i];
+    const uint32_t bits = mxnag_float_bits(values[i]) & 0x7fffffffu;
+    most = bits > most ? bits : most;
   }
-  const float inverse = largest > 0.0f ? Code::top() / largest : 0.0f;
+  const bool nan = most > 0x7f800000u;
+  const float largest = mxnag_bits_float(most);
+  const float inverse = largest > 0.0f && !nan ? Code::top() / largest : 0.0f;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) codes[i] = uint8_t(Code::encode(values[i] * inverse));
   *scale = nan ? NAN : largest / Code::top();

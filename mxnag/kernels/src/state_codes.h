@@ -7,9 +7,9 @@
 // 256 codes to quantise):
 //   signed states:      sign, 4 exponent bits, 3 mantissa bits (E4M3); magnitude code
 //                       c in 1..127 is 2^((c >> 3) - 15) * (1 + (c & 7) / 8), c = 0 is 0;
-//                       the largest, 1.875 (top()), times the block's scale is the block's largest
-//                       magnitude. The sign is the value's own bit (a small value never
-//                       changes sign; it may round to 0), zero is code 0.
+//                       the largest, 1.875 (top()), times the block's scale is the block's
+//                       largest magnitude. The sign is the value's own bit (a small value
+//                       never changes sign; it may round to 0: codes 0 and 128 read 0).
 //   non-negative states (second moments): the square root of the value, unsigned, 4
 //                       exponent and 4 mantissa bits (E4M4: c in 1..255 is
 //                       2^((c >> 4) - 15) * (1 + (c & 15) / 16), largest 1.9375): the
@@ -17,9 +17,12 @@
 //                       value above zero never becomes zero (the smallest code at least),
 //                       so a denominator sqrt(v) + eps of a coordinate with a moment is
 //                       never eps alone. Zero stays zero.
-// Rounding is to the nearest code, ties to the even code, on the scaled value. A block's scale is its
-// largest (root) magnitude over the largest code; a block holding a NaN gets a NaN
-// scale (the whole block reads NaN, as the float state would have held one).
+// Rounding is the float rounding of the scaled value to the code's mantissa bits (ties to
+// even), which is the nearest code except below 2^-15 * 17/16 (1/28000 of the block's
+// largest), where the float grid's 2^-15 is the code 0. A block's scale is its largest
+// (root) magnitude over the largest code: the maximum of the float bits with the sign
+// cleared, a NaN's exceeding every number's, so a block holding a NaN gets a NaN scale
+// (the whole block reads NaN, as the float state would have held one).
 #ifndef MXNAG_STATE_CODES_H_
 #define MXNAG_STATE_CODES_H_
 
@@ -52,10 +55,10 @@ MXNAG_HD float mxnag_bits_float(unsigned int u) {
 #endif
 }
 
-// Signed E4M3 codes.
+// Signed E4M3 codes: the sign bit, then the magnitude code of |y| rounded as a float to 3
+// mantissa bits (ties to even); a magnitude of 2^-15 or less after rounding is 0.
 struct mxnag_signed_code {
   MXNAG_HD static constexpr float top() { return 1.875f; }  // the largest code's value
-  static constexpr unsigned int kHalfSmallest = 0x37900000u;  // bits of 2^-15 * 0.5625
   MXNAG_HD static float decode(unsigned int code) {
     const unsigned int magnitude = code & 127u;
     const float value = mxnag_bits_float((magnitude << 20) + (MXNAG_CODE_BIAS << 23));
@@ -65,20 +68,16 @@ struct mxnag_signed_code {
   // `y`: the value over the block's scale (|y| <= top() up to rounding).
   MXNAG_HD static unsigned int encode(float y) {
     const unsigned int bits = mxnag_float_bits(y);
-    const unsigned int sign = bits >> 31;
     const unsigned int abs_bits = bits & 0x7fffffffu;
-    // round to nearest even at 3 mantissa bits, then the code of the rounded value
     const unsigned int rounded = abs_bits + 0x7ffffu + ((abs_bits >> 20) & 1u);
     int magnitude = int(rounded >> 20) - int(MXNAG_CODE_BIAS << 3);
     magnitude = magnitude < 0 ? 0 : (magnitude > 127 ? 127 : magnitude);
-    // the float grid has 2^-15 where the codes have 0: from half the smallest code
-    // (2^-15 * 1.125 / 2) up, the smallest code is the nearer
-    magnitude = magnitude == 0 && abs_bits >= kHalfSmallest ? 1 : magnitude;
-    return unsigned(magnitude) | (magnitude != 0 ? sign << 7 : 0u);
+    return unsigned(magnitude) | ((bits >> 24) & 128u);
   }
 };
 
-// Unsigned E4M4 codes of a square root.
+// Unsigned E4M4 codes of a square root: the root rounded as a float to 4 mantissa bits
+// (ties to even), at least code 1 when above zero.
 struct mxnag_root_code {
   MXNAG_HD static constexpr float top() { return 1.9375f; }
   MXNAG_HD static float decode(unsigned int code) {
@@ -89,7 +88,8 @@ struct mxnag_root_code {
     const unsigned int bits = mxnag_float_bits(y) & 0x7fffffffu;
     const unsigned int rounded = bits + 0x3ffffu + ((bits >> 19) & 1u);
     int code = int(rounded >> 19) - int(MXNAG_CODE_BIAS << 4);
-    code = code < 1 ? (y > 0.0f ? 1 : 0) : (code > 255 ? 255 : code);
+    const int lowest = bits != 0u ? 1 : 0;
+    code = code < lowest ? lowest : (code > 255 ? 255 : code);
     return unsigned(code);
   }
 };
