@@ -200,8 +200,7 @@ def test_wrong_dtype_is_refused(fused):
     with pytest.raises(mx.base.MXNetError, match='gradient 0 is float64'):
         fused_cpu.update(RULES['adanag'], [w], [mx.nd.ones((4,), dtype='float64')],
                          [(mx.nd.zeros((4,)), mx.nd.zeros((4,)))], None,
-                         dict(rescale_grad=1.0, clip_gradient=None, beta1=0.9, beta2=0.999,
-                              epsilon=1e-8),
+                         mxnag.AdaNAG()._shared_coefficients(),
                          dict(wd_into_grad=[0.0], weight_scale=[1.0], grad_coef=[0.1],
                               mean_coef=[0.1], var_scale=[1.0]),
                          [mx.nd.zeros((2,), dtype='float64')], [0], mx.nd.ones((1,)),
