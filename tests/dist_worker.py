@@ -14,6 +14,8 @@ def main(out_dir, kvstore, epochs, *extra):
     args.kvstore, args.shots = kvstore, 50
     args.checkpoint_dir = os.path.join(out_dir, 'ck') if 'checkpoint' in extra else None
     args.resume, args.keep = 'resume' in extra, 4
+    if 'state8' in extra:  # 8-bit optimizer states, on the servers
+        args.opt_arg = list(args.opt_arg) + ['state_bits=8']
     workers = run.Workers(kvstore)
     train_loader, test_loader, classes = run.load_data(args, workers=workers)
     net = run.new_model('mlp', classes, [mx.cpu()], args.seed)

@@ -52,10 +52,14 @@ def test_two_workers_match_one_process_and_each_other(tmp_path):
         assert not np.allclose(single[name], 0)
 
 
-def test_server_states_in_checkpoints_resume_exactly(tmp_path):
+@pytest.mark.parametrize('states', ['float32', 'state8'])
+def test_server_states_in_checkpoints_resume_exactly(tmp_path, states):
+    """The servers' optimizer states (8-bit codes and scales with state_bits=8) in the
+    checkpoints: a run resumed from epoch 1 ends with the uninterrupted run's weights."""
     a, b = tmp_path / 'a', tmp_path / 'b'
     a.mkdir()
-    proc, _ = launch('-n', 2, '-s', 2, '--', sys.executable, WORKER, a, 'dist_sync', 3, 'checkpoint')
+    proc, _ = launch('-n', 2, '-s', 2, '--', sys.executable, WORKER, a, 'dist_sync', 3, 'checkpoint',
+                     states)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert sorted(os.listdir(a / 'ck'))[:5] == ['epoch-0001.json', 'epoch-0001.params',
                                                 'epoch-0001.states.server0',
@@ -65,11 +69,17 @@ def test_server_states_in_checkpoints_resume_exactly(tmp_path):
         if name.startswith('epoch-0001'):
             os.link(a / 'ck' / name, b / 'ck' / name)
     proc, _ = launch('-n', 2, '-s', 2, '--', sys.executable, WORKER, b, 'dist_sync', 3,
-                     'checkpoint', 'resume')
+                     'checkpoint', 'resume', states)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert 'resuming from' in proc.stdout
     first, resumed = params(a / 'rank0.params'), params(b / 'rank1.params')
     assert all(np.array_equal(first[k], resumed[k]) for k in first)
+    if states == 'state8':  # the servers kept 8-bit codes (the 784x128 weight)
+        from mxnag import states as state_files
+        content = state_files.read(str(a / 'ck' / 'epoch-0001.states.server0'))
+        kept = content[0] if isinstance(content, tuple) else content
+        dtypes = {str(a.dtype) for s in kept.values() for a in (s if isinstance(s, tuple) else [s])}
+        assert "<class 'numpy.uint8'>" in dtypes, dtypes
 
 
 KILLED_WORKER = textwrap.dedent('''

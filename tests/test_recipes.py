@@ -76,10 +76,11 @@ def test_zoo_model_pretrain_then_finetune(mnist_dir_module, tmp_path):
     assert 0.5 < pre['test_accuracy'] <= 1 and 0 < tuned['test_accuracy'] <= 1
 
 
-def test_resume_equals_uninterrupted_and_skips_a_corrupted_checkpoint(mnist_dir_module, tmp_path):
+@pytest.mark.parametrize('states', [[], ['--opt-arg', 'state_bits=8']], ids=['float32', '8-bit'])
+def test_resume_equals_uninterrupted_and_skips_a_corrupted_checkpoint(mnist_dir_module, tmp_path, states):
     args = ['--model', 'mlp', '--shots', 30, '--epochs', 4, '--batch-size', 32, '--optimizer',
             'adan', '--lr-schedule', 'cosine', '--warmup-epochs', 1, '--data-dir', mnist_dir_module,
-            '--no-progress', '--keep', 4]
+            '--no-progress', '--keep', 4] + states
     run('mnist_pretrain.py', *args, '--checkpoint-dir', tmp_path / 'a', '--out', tmp_path / 'a.json')
     shutil.copytree(tmp_path / 'a', tmp_path / 'b')
     for ext in ('.json', '.params', '.states'):  # as if killed during epoch 4 ...

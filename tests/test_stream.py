@@ -129,6 +129,43 @@ def test_growing_while_learning_keeps_the_optimizer_states(rng, tmp_path, optimi
         np.testing.assert_array_equal(a, p.data().asnumpy())
 
 
+def test_growing_with_8bit_states_keeps_codes_and_scales(rng, tmp_path):
+    """state_bits=8: the head's codes keep their rows, its scales their blocks (new
+    blocks 0), and the next step equals a new Trainer's that loads the saved states."""
+    net = models.get_model('mlp', 3)
+    mx.random.seed(1)
+    net.initialize(mx.init.Xavier())
+    params = {'learning_rate': 0.01, 'state_bits': 8, 'min_8bit_size': 100}
+    learner = online.OnlineLearner(net, gluon.Trainer(net.collect_params(), 'adanag', params),
+                                   mx.cpu(), window=8)
+    x, y = batch(rng, 8)
+    for _ in range(2):
+        learner.learn(x, y % 3)
+    head = learner.trainer._params.index(net.output.weight)
+    old = [a.asnumpy() for a in learner.trainer._updaters[0].states[head]]
+    assert old[0].dtype == np.uint8 and old[0].shape == (3, 64) and old[1].shape == (1,)
+    learner.grow(5, seed=3)
+    new = [a.asnumpy() for a in learner.trainer._updaters[0].states[
+        learner.trainer._params.index(net.output.weight)]]
+    for j in (0, 2):  # codes: the old rows, zeros after
+        np.testing.assert_array_equal(new[j][:3], old[j])
+        assert new[j].shape == (5, 64) and not new[j][3:].any()
+    for j in (1, 3):  # scales: 320 elements need 2 blocks, the first the old one's
+        assert new[j].shape == (2,) and new[j][0] == old[j][0] and new[j][1] == 0
+    np.testing.assert_array_equal(new[4], old[4])
+    learner.trainer.save_states(str(tmp_path / 'grown.states'))
+    snapshot = [p.data().copy() for p in net.collect_params().values()]
+    learner.learn(x, y % 5)
+    after = [p.data().asnumpy() for p in net.collect_params().values()]
+    for p, value in zip(net.collect_params().values(), snapshot):
+        p.set_data(value)
+    reloaded = gluon.Trainer(net.collect_params(), 'adanag', params)
+    reloaded.load_states(str(tmp_path / 'grown.states'))
+    online.OnlineLearner(net, reloaded, mx.cpu(), window=8).learn(x, y % 5)
+    for a, p in zip(after, net.collect_params().values()):
+        np.testing.assert_array_equal(a, p.data().asnumpy())
+
+
 def test_growing_to_as_many_classes_changes_nothing(rng):
     """A new output layer with the same rows and a new trainer with the states carried:
     the next steps are those of the learner left alone, bit for bit."""

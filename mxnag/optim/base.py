@@ -243,6 +243,27 @@ class MxnagOptimizer(Optimizer):
         return tuple(states) + \
             (nd.full((2,), self.begin_num_update, ctx=context, dtype=numpy.float64),)
 
+    def grow_state(self, state, shape):
+        """``state`` (``create_state``'s) for the same parameter grown by rows to ``shape``
+        (the old rows first, as an output layer given more classes): each state array of
+        the old shape copied into zeros of the new one; 8-bit codes likewise, their scales
+        extended by zeros (the old elements keep their flat positions, so their blocks and
+        scales; new elements read 0); the step count as it is."""
+        def grown(array):
+            out = nd.zeros(shape, ctx=array.context, dtype=array.dtype)
+            out[:array.shape[0]] = array
+            return out
+        items = list(state[:-1])
+        if len(items) == len(self.rule.states):
+            return tuple(grown(a) for a in items) + (state[-1],)
+        blocks = -(-int(numpy.prod(shape)) // CODE_BLOCK)
+        out = []
+        for codes, scales in zip(items[::2], items[1::2]):
+            wider = nd.zeros((blocks,), ctx=scales.context, dtype=scales.dtype)
+            wider[:scales.shape[0]] = scales
+            out += [grown(codes), wider]
+        return tuple(out) + (state[-1],)
+
     def coded(self, weight) -> bool:
         """Whether ``weight``'s states are 8-bit codes (``state_bits=8``, float32, at least
         ``min_8bit_size`` elements)."""

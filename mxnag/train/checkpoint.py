@@ -205,6 +205,8 @@ def load_trainer_states(trainer, path, optimizer_name):
         if getattr(optimizer, 'rule', None) is not None and items and hasattr(items[-1], 'shape'):
             items = items[:-1]  # an mxnag optimizer's step count (shape (2,)), not weight-shaped
         arrays = [s for s in items if hasattr(s, 'shape')]
+        if getattr(optimizer, 'rule', None) is not None and len(arrays) == 2 * len(optimizer.rule.states):
+            arrays = arrays[::2]  # 8-bit states: codes of the weight's shape, then their scales
         if param is None or any(a.shape != param.shape for a in arrays):
             raise MxnagError('%s: states for another model (parameter %r: %s, here %s)'
                              % (path, index, [a.shape for a in arrays],

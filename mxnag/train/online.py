@@ -452,7 +452,11 @@ class OnlineLearner:
         new_updater = trainer._updaters[0]
         for index, state in updater.states.items():
             if id(old_params[index]) in successor:
-                state = _grown_state(state, trainer._params[moved[index]].shape, step_count)
+                shape = trainer._params[moved[index]].shape
+                if step_count and len(shape) == len(old_params[index].shape):
+                    state = optimizer.grow_state(state, shape)  # mxnag: 8-bit codes too
+                else:
+                    state = _grown_state(state, shape, step_count)
             new_updater.states[moved[index]] = state
         new_updater.states_synced = {moved[i]: v for i, v in updater.states_synced.items()}
         for key, counts in list(optimizer._all_index_update_counts.items()):
