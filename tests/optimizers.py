@@ -30,29 +30,52 @@ class OptimizerInfo:
     name: str                      # the registered name
     cls: type
     reference: Callable            # reference.<name>(w0, grads, lrs, **reference kwargs)
-    defaults: Dict[str, object]    # attribute -> default value
     # option sets: (optimizer kwargs, the reference's kwargs for the same maths)
     options: List[Tuple[dict, dict]]
-    bad_values: List[Tuple[str, object]]   # -> ValueError naming the argument
-    bad_types: List[Tuple[str, object]]    # -> TypeError naming the argument
-    valid: Dict[str, object]       # hypothesis strategies of valid hyperparameters
+    default_lr: float
+    # where its rule runs: 'fused-cpu' and 'cuda' where src/rules.h has its body; a rule
+    # without one runs 'composed' only, and the kernel tests leave it out
+    backends: Tuple[str, ...] = ('fused-cpu', 'cuda', 'composed')
     trainer_args: dict = field(default_factory=lambda: {'learning_rate': 0.01, 'wd': 0.01})
     mnist_lr: float = 2e-3         # a learning rate at which one MNIST epoch learns
+    # from the optimizer's declared hyperparameters (cls.hyperparameters):
+    defaults: Dict[str, object] = None        # attribute -> default value
+    bad_values: List[Tuple[str, object]] = None   # -> ValueError naming the argument
+    bad_types: List[Tuple[str, object]] = None    # -> TypeError naming the argument
+    valid: Dict[str, object] = None   # hypothesis strategies of valid hyperparameters
+
+    def __post_init__(self):
+        defaults, self.bad_values, self.bad_types, self.valid = _declared(self.cls)
+        self.defaults = dict(lr=self.default_lr, **defaults)
 
 
 _COMMON_BAD_VALUES = [('learning_rate', -0.1), ('learning_rate', float('nan')), ('wd', -1.0),
                       ('rescale_grad', 0.0), ('clip_gradient', -1.0), ('clip_gradient', 1e-310),
-                      ('beta1', 1.0), ('beta1', -0.1), ('beta2', 1.5), ('epsilon', 0.0),
-                      ('epsilon', -1e-8)]
-_COMMON_BAD_TYPES = [('beta1', '0.9'), ('multi_precision', 'True'), ('epsilon', None)]
-_UNIT = dict(learning_rate=st.floats(0, 1), beta1=st.floats(0, 0.999), beta2=st.floats(0, 0.9999),
-             epsilon=st.floats(1e-10, 1), wd=st.floats(0, 1))
+                      ('state_bits', 16), ('min_8bit_size', -1)]
+_COMMON_BAD_TYPES = [('multi_precision', 'True')]
+_COMMON_VALID = dict(learning_rate=st.floats(0, 1), wd=st.floats(0, 1))
+# Each domain of a declared hyperparameter (mxnag.optim.base.DOMAINS): values it refuses
+# (ValueError), values of a wrong type (TypeError), and valid values.
+_DOMAIN_BAD_VALUES = {'decay': [1.0, -0.1, 1.5, float('nan')], 'positive': [0.0, -1e-8],
+                      'non-negative': [-1e-3], 'bool': []}
+_DOMAIN_BAD_TYPES = {'decay': ['0.9', None], 'positive': ['1e-8', None], 'non-negative': [None],
+                     'bool': ['yes', 1]}
+_DOMAIN_VALID = {'decay': st.floats(0, 0.9999), 'positive': st.floats(1e-10, 1),
+                 'non-negative': st.floats(0, 1), 'bool': st.booleans()}
+
+
+def _declared(cls):
+    """(defaults, bad values, bad types, valid strategies) from ``cls.hyperparameters``."""
+    hypers = cls.hyperparameters
+    return ({h.name: h.default for h in hypers},
+            _COMMON_BAD_VALUES + [(h.name, v) for h in hypers for v in _DOMAIN_BAD_VALUES[h.domain]],
+            _COMMON_BAD_TYPES + [(h.name, v) for h in hypers for v in _DOMAIN_BAD_TYPES[h.domain]],
+            dict(_COMMON_VALID, **{h.name: _DOMAIN_VALID[h.domain] for h in hypers}))
+
 
 OPTIMIZERS = [
     OptimizerInfo(
-        name='adanag', cls=mxnag.AdaNAG, reference=reference.adanag,
-        defaults={'lr': 0.002, 'beta1': 0.9, 'beta2': 0.999, 'epsilon': 1e-8,
-                  'momentum_decay': 0.004, 'decoupled_wd': True},
+        name='adanag', cls=mxnag.AdaNAG, reference=reference.adanag, default_lr=0.002,
         options=[
             ({}, {}),
             ({'wd': 0.1}, {'wd': 0.1}),
@@ -62,14 +85,9 @@ OPTIMIZERS = [
             ({'momentum_decay': 0.0}, {'momentum_decay': 0.0}),
             ({'rescale_grad': 0.25, 'clip_gradient': 0.3, 'wd': 0.05, 'decoupled_wd': False},
              {'rescale': 0.25, 'clip': 0.3, 'wd': 0.05, 'decoupled_wd': False}),
-        ],
-        bad_values=_COMMON_BAD_VALUES + [('momentum_decay', -1e-3)],
-        bad_types=_COMMON_BAD_TYPES + [('decoupled_wd', 'yes')],
-        valid=dict(_UNIT, momentum_decay=st.floats(0, 1), decoupled_wd=st.booleans())),
+        ]),
     OptimizerInfo(
-        name='adan', cls=mxnag.Adan, reference=reference.adan,
-        defaults={'lr': 0.001, 'beta1': 0.98, 'beta2': 0.92, 'beta3': 0.99, 'epsilon': 1e-8,
-                  'no_prox': False},
+        name='adan', cls=mxnag.Adan, reference=reference.adan, default_lr=0.001,
         options=[
             ({}, {}),
             ({'wd': 0.1}, {'wd': 0.1}),
@@ -78,14 +96,9 @@ OPTIMIZERS = [
              {'beta1': 0.9, 'beta2': 0.7, 'beta3': 0.95, 'epsilon': 1e-3}),
             ({'rescale_grad': 0.25, 'clip_gradient': 0.3, 'wd': 0.05},
              {'rescale': 0.25, 'clip': 0.3, 'wd': 0.05}),
-        ],
-        bad_values=_COMMON_BAD_VALUES + [('beta2', -0.5), ('beta3', 2.0)],
-        bad_types=_COMMON_BAD_TYPES + [('no_prox', 1)],
-        valid=dict(_UNIT, beta2=st.floats(0, 0.999), beta3=st.floats(0, 0.9999),
-                   no_prox=st.booleans())),
+        ]),
     OptimizerInfo(
-        name='nadamw', cls=mxnag.NAdamW, reference=reference.nadamw,
-        defaults={'lr': 0.001, 'beta1': 0.9, 'beta2': 0.999, 'epsilon': 1e-8},
+        name='nadamw', cls=mxnag.NAdamW, reference=reference.nadamw, default_lr=0.001,
         options=[
             ({}, {}),
             ({'wd': 0.1}, {'wd': 0.1}),
@@ -94,14 +107,11 @@ OPTIMIZERS = [
             ({'beta1': 0.0}, {'beta1': 0.0}),
             ({'rescale_grad': 0.25, 'clip_gradient': 0.3, 'wd': 0.05},
              {'rescale': 0.25, 'clip': 0.3, 'wd': 0.05}),
-        ],
-        bad_values=_COMMON_BAD_VALUES,
-        bad_types=_COMMON_BAD_TYPES,
-        valid=dict(_UNIT)),
+        ]),
 ]
 BY_NAME = {info.name: info for info in OPTIMIZERS}
-# The step rules the optimizers run (NAdamW runs AdaNAG's), by rule name.
-RULES = {info.cls.rule.name: info.cls.rule for info in OPTIMIZERS}
+# The step rules with kernels that the optimizers run (NAdamW runs AdaNAG's), by rule name.
+RULES = {info.cls.rule.name: info.cls.rule for info in OPTIMIZERS if 'cuda' in info.backends}
 NAMES = [info.name for info in OPTIMIZERS]
 # (name, option set index) of every option set of every optimizer
 CASES = [(info.name, k) for info in OPTIMIZERS for k in range(len(info.options))]

@@ -318,14 +318,15 @@ def test_the_library_holds_the_update_operators_only():
     script = ('import mxnet as mx, mxnag\n'
               'from mxnag.kernels import fused_cpu\n'
               'assert fused_cpu.available()\n'
-              'assert all(fused_cpu.supports(cls.rule) for cls in mxnag.optim.optimizers().values())\n'
+              'rules = {cls.rule.name: cls.rule for cls in mxnag.optim.optimizers().values()}\n'
+              'assert all(fused_cpu.supports(rules[name]) for name in %r)\n'
               'for name in ("mxnag_copy", "mxnag_stream"):\n'
               '    try:\n'
               '        fused_cpu._op_handle(name)\n'
               '    except mx.base.MXNetError:\n'
               '        continue\n'
               '    raise SystemExit(name + " is registered")\n'
-              'print("ok")\n')
+              'print("ok")\n') % sorted(RULES)
     done = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stdout + done.stderr
@@ -359,3 +360,50 @@ def test_all_finite_without_the_fused_library_uses_mxnets_operator(monkeypatch, 
     assert float(kernels.all_finite([mx.nd.array(values)]).asnumpy()[0]) == 1.0
     values[7] = np.inf
     assert float(kernels.all_finite([mx.nd.array(values)]).asnumpy()[0]) == 0.0
+
+
+def test_a_rule_without_a_kernel_runs_composed(rng):
+    """Adding a rule whose maths has no body in src/rules.h yet: its optimizer runs on the
+    composed backend, the kernels' code leaves it out, and 8-bit states are refused by
+    name (they need a fused backend)."""
+    import gc
+    from mxnet import ndarray as nd
+    from mxnag.kernels import cuda
+    from mxnag.optim.base import Hyperparameter, MxnagOptimizer, StepRule
+
+    def sign_step(weight, grad, mean, *, rescale_grad, clip_gradient, beta1, lr):
+        mean *= beta1
+        mean += (1 - beta1) * grad * rescale_grad
+        weight -= lr * nd.sign(mean)
+    rule = StepRule(name='signum_test', states=('mean',), shared=('rescale_grad', 'clip_gradient', 'beta1'),
+                    per_tensor=('lr',), flags=(), step_scalars=(), step=sign_step)
+
+    class SignumTest(MxnagOptimizer):
+        default_learning_rate = 0.01
+        hyperparameters = (Hyperparameter('beta1', 0.9, 'decay', 'Momentum.'),)
+
+        def _scalars(self, lr, wd):
+            return {'lr': lr}
+
+        def _step_factors(self, t):
+            return ()
+    SignumTest.rule = rule
+    try:
+        assert not fused_cpu.supports(rule) and not cuda.supports(rule)
+        assert 'signum_test' not in cuda.source(rule, *RULES.values())
+        w0, grads = random_problem(rng, (5, 4), steps=3)
+        w, _ = run_updater(SignumTest(learning_rate=0.1), w0, grads)
+        m = np.zeros_like(w0, dtype=np.float64)
+        expected = w0.astype(np.float64)
+        for g in grads:
+            m = 0.9 * m + 0.1 * g
+            expected = expected - 0.1 * np.sign(m)
+        np.testing.assert_allclose(w.asnumpy(), expected, rtol=1e-6)
+        assert kernels.backend_for(mx.nd.ones((3,)), rule=rule) == 'composed'
+        updater = mx.optimizer.get_updater(SignumTest(state_bits=8))
+        with pytest.raises(RuntimeError, match='state_bits=8'):
+            updater(0, mx.nd.ones((5000,)), mx.nd.ones((5000,)))
+    finally:
+        mx.optimizer.Optimizer.opt_registry.pop('signumtest', None)
+        del SignumTest
+        gc.collect()

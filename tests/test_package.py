@@ -42,7 +42,7 @@ def test_scheduler_base_lr_is_kept_when_no_learning_rate_given():
 @pytest.mark.parametrize('name,arg,value', [(info.name, arg, value) for info in OPTIMIZERS
                                             for arg, value in info.bad_values])
 def test_bad_hyperparameter_is_a_value_error_naming_it(name, arg, value):
-    with pytest.raises(ValueError, match=r'%s must be in' % arg):
+    with pytest.raises(ValueError, match=r'%s must be ' % arg):
         mx.optimizer.create(name, **{arg: value})
 
 

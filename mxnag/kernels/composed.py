@@ -22,7 +22,8 @@ def update(rule, weights, grads, states, masters, shared, per_tensor, step_array
     for k, (weight, grad, state) in enumerate(zip(weights, grads, states)):
         count = step_arrays[k][slots[k]:slots[k] + 1] + increment
         step_arrays[k][1 - slots[k]:2 - slots[k]] = count
-        row = nd.take(table, nd.clip(count - 1, 0, last_row), mode='clip')  # (1, columns)
+        if rule.step_scalars:
+            row = nd.take(table, nd.clip(count - 1, 0, last_row), mode='clip')  # (1, columns)
         target = weight if masters is None else masters[k]
         scalars = dict(shared, **{name: values[k] for name, values in per_tensor.items()})
         for j, name in enumerate(rule.step_scalars):

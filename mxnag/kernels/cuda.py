@@ -45,7 +45,8 @@ _HEADERS = ('rules.h', 'state_codes.h')  # pasted into the source where it inclu
 
 def source(*rules) -> str:
     """The CUDA source of the kernels of ``rules``: src/fused_cuda.cu (with src/rules.h
-    and src/state_codes.h) and their entry points."""
+    and src/state_codes.h) and their entry points (none for a rule without a body)."""
+    rules = [rule for rule in rules if supports(rule)]
     entries = [_entry_point(rule, dtype, count, coded) for rule in rules
                for dtype, coded in KINDS for count in COUNTS]
     return _kernel_source() + '\n// Entry points, written by mxnag/kernels/cuda.py.\n' + '\n'.join(entries)
@@ -68,7 +69,8 @@ def supports(rule) -> bool:
 
 def kernel_names(*rules):
     """The name of every entry point of ``source(*rules)``, in its order."""
-    return [kernel_name(rule, d, c, coded) for rule in rules for d, coded in KINDS for c in COUNTS]
+    return [kernel_name(rule, d, c, coded) for rule in rules if supports(rule)
+            for d, coded in KINDS for c in COUNTS]
 
 
 def kernel_name(rule, dtype: str, count: int = 1, coded: bool = False) -> str:

@@ -12,7 +12,7 @@ References:
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from .base import MxnagOptimizer, StepRule, check_beta, check_bool, check_number, preprocess_grad
+from .base import Hyperparameter, MxnagOptimizer, StepRule, preprocess_grad
 
 
 def adan_step(weight, grad, mean, diff_mean, sq_mean, prev_grad, *, rescale_grad,
@@ -85,30 +85,18 @@ class Adan(MxnagOptimizer):
     Parameters
     ----------
     learning_rate : float >= 0, default 0.001 (or ``lr_scheduler.base_lr`` if given)
-    beta1 : float in [0, 1), default 0.98. Decay of the gradient average ``m``.
-    beta2 : float in [0, 1), default 0.92. Decay of the gradient-difference average ``d``.
-    beta3 : float in [0, 1), default 0.99. Decay of the squared look-ahead average ``n``.
-    epsilon : float > 0, default 1e-8.
-    no_prox : bool, default False. False applies weight decay as the proximal step
-        ``w / (1 + lr * wd)`` after the update; True multiplies by ``1 - lr * wd`` before it.
-    aggregate_num : int >= 0, default ``$MXNAG_AGGREGATE_NUM`` or 32. Parameters MXNet's
-        Updater (and so gluon.Trainer) hands over per update call; on the fused CPU path a
-        group is one operator call. 0 updates one parameter per call.
-    **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
-        ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ...).
+    {hyperparameters}
     """
     default_learning_rate = 0.001
     rule = RULE
-
-    def __init__(self, learning_rate=None, beta1=0.98, beta2=0.92, beta3=0.99, epsilon=1e-8,
-                 no_prox=False, **kwargs):
-        owner = type(self).__name__
-        self.beta1 = check_beta(owner, 'beta1', beta1)
-        self.beta2 = check_beta(owner, 'beta2', beta2)
-        self.beta3 = check_beta(owner, 'beta3', beta3)
-        self.epsilon = check_number(owner, 'epsilon', epsilon, 0.0, low_open=True)
-        self.no_prox = check_bool(owner, 'no_prox', no_prox)
-        super().__init__(learning_rate=learning_rate, **kwargs)
+    hyperparameters = (
+        Hyperparameter('beta1', 0.98, 'decay', 'Decay of the gradient average ``m``.'),
+        Hyperparameter('beta2', 0.92, 'decay', 'Decay of the gradient-difference average ``d``.'),
+        Hyperparameter('beta3', 0.99, 'decay', 'Decay of the squared look-ahead average ``n``.'),
+        Hyperparameter('epsilon', 1e-8, 'positive', 'Added to ``sqrt(n_hat)``, outside the root.'),
+        Hyperparameter('no_prox', False, 'bool',
+                       'False applies weight decay as the proximal step ``w / (1 + lr * wd)`` '
+                       'after the update; True multiplies by ``1 - lr * wd`` before it.'))
 
     def _scalars(self, lr, wd):
         """One parameter's scalars (see the class docstring); the step scalars'

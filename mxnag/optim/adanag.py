@@ -14,7 +14,7 @@ References:
 from mxnet import ndarray as nd
 from mxnet.optimizer import Optimizer
 
-from .base import MxnagOptimizer, StepRule, check_beta, check_bool, check_number, preprocess_grad
+from .base import Hyperparameter, MxnagOptimizer, StepRule, preprocess_grad
 
 
 def adanag_step(weight, grad, mean, var, *, rescale_grad, clip_gradient, wd_into_grad,
@@ -77,34 +77,23 @@ class AdaNAG(MxnagOptimizer):
     Parameters
     ----------
     learning_rate : float >= 0, default 0.002 (or ``lr_scheduler.base_lr`` if given)
-    beta1 : float in [0, 1), default 0.9. Decay of the first moment ``m``.
-    beta2 : float in [0, 1), default 0.999. Decay of the second moment ``v``.
-    epsilon : float > 0, default 1e-8. Added to ``sqrt(v_hat)``, outside the root.
-    momentum_decay : float >= 0, default 0.004. ``psi`` of the ``mu_t`` schedule; 0 gives a
-        constant ``mu_t = beta1 / 2``.
-    decoupled_wd : bool, default True. Decay the weights directly by ``lr * wd`` (NAdamW);
-        False adds ``wd * w`` to the gradient instead.
-    aggregate_num : int >= 0, default ``$MXNAG_AGGREGATE_NUM`` or 32. Parameters MXNet's
-        Updater (and so gluon.Trainer) hands over per update call; on the fused CPU path a
-        group is one operator call. 0 updates one parameter per call.
-    **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
-        ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``param_idx2name``,
-        ``begin_num_update``, ...). ``multi_precision=True`` keeps float32 master weights
-        and states for float16 weights.
+    {hyperparameters}
     """
     default_learning_rate = 0.002
     rule = RULE
+    hyperparameters = (
+        Hyperparameter('beta1', 0.9, 'decay', 'Decay of the first moment ``m``.'),
+        Hyperparameter('beta2', 0.999, 'decay', 'Decay of the second moment ``v``.'),
+        Hyperparameter('epsilon', 1e-8, 'positive', 'Added to ``sqrt(v_hat)``, outside the root.'),
+        Hyperparameter('momentum_decay', 0.004, 'non-negative',
+                       '``psi`` of the ``mu_t`` schedule; 0 gives a constant ``mu_t = beta1 / 2``.'),
+        Hyperparameter('decoupled_wd', True, 'bool',
+                       'Decay the weights directly by ``lr * wd`` (NAdamW); False adds '
+                       '``wd * w`` to the gradient instead.'))
 
-    def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 momentum_decay=0.004, decoupled_wd=True, **kwargs):
-        owner = type(self).__name__
-        self.beta1 = check_beta(owner, 'beta1', beta1)
-        self.beta2 = check_beta(owner, 'beta2', beta2)
-        self.epsilon = check_number(owner, 'epsilon', epsilon, 0.0, low_open=True)
-        self.momentum_decay = check_number(owner, 'momentum_decay', momentum_decay, 0.0)
-        self.decoupled_wd = check_bool(owner, 'decoupled_wd', decoupled_wd)
+    def __init__(self, *args, **kwargs):
         self._mu_products = [1.0]  # _mu_products[t] = mu_1 * ... * mu_t, a cache
-        super().__init__(learning_rate=learning_rate, **kwargs)
+        super().__init__(*args, **kwargs)
 
     def _mu(self, t):
         return self.beta1 * (1.0 - 0.5 * 0.96 ** (t * self.momentum_decay))

@@ -107,6 +107,39 @@ def check_beta(owner, name, value):
     return check_number(owner, name, value, 0.0, 1.0, high_open=True)
 
 
+class Hyperparameter(NamedTuple):
+    """One hyperparameter of an optimizer, declared once (``MxnagOptimizer.hyperparameters``):
+    its check, its line in the class docstring and the tests' valid and invalid values
+    derive from it."""
+    name: str
+    default: object
+    domain: str   # a key of DOMAINS
+    meaning: str
+
+
+# domain -> (what the docstring says, the check)
+DOMAINS = {
+    'decay': ('float in [0, 1)', check_beta),
+    'positive': ('float > 0', lambda owner, name, value: check_number(owner, name, value, 0.0,
+                                                                      low_open=True)),
+    'non-negative': ('float >= 0', lambda owner, name, value: check_number(owner, name, value, 0.0)),
+    'bool': ('bool', check_bool),
+}
+
+# The arguments every mxnag optimizer takes besides its hyperparameters, for the docstrings.
+_COMMON_DOC = """state_bits : 32 or 8, default 32. 8 keeps each state as 8-bit codes with one float32
+        scale per 256 elements (a quarter of the memory; ``min_8bit_size``), on the fused
+        backends (CPU operator, CUDA kernels); see mxnag/kernels/src/state_codes.h.
+    min_8bit_size : int >= 0, default 4096. Tensors with fewer elements keep float32 states.
+    aggregate_num : int >= 0, default ``$MXNAG_AGGREGATE_NUM`` or 32. Parameters MXNet's
+        Updater (and so gluon.Trainer) hands over per update call; on the fused CPU path a
+        group is one operator call. 0 updates one parameter per call.
+    **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
+        ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ``param_idx2name``,
+        ``begin_num_update``, ...). ``multi_precision=True`` keeps float32 master weights
+        and states for float16 weights."""
+
+
 class MxnagOptimizer(Optimizer):
     """Base of the mxnag optimizers: a ``mx.optimizer.Optimizer`` that checks its
     arguments when made and keeps everything it derives from the step count per parameter.
@@ -130,10 +163,31 @@ class MxnagOptimizer(Optimizer):
     operator call, as MXNet's SGD does with ``multi_sgd_mom_update``.
     """
     rule: StepRule = None
+    hyperparameters: Tuple[Hyperparameter, ...] = ()
 
-    def __init__(self, learning_rate=None, aggregate_num=None, state_bits=32,
-                 min_8bit_size=MIN_8BIT_SIZE, **kwargs):
+    def __init_subclass__(cls, **kwargs):
+        """The docstring's ``{hyperparameters}``: a line per declared hyperparameter and the
+        arguments every mxnag optimizer takes."""
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and '{hyperparameters}' in cls.__doc__:
+            lines = ['%s : %s, default %r. %s' % (h.name, DOMAINS[h.domain][0], h.default, h.meaning)
+                     for h in cls.hyperparameters]
+            cls.__doc__ = cls.__doc__.replace('{hyperparameters}', '\n    '.join(lines + [_COMMON_DOC]))
+
+    def __init__(self, *args, aggregate_num=None, state_bits=32, min_8bit_size=MIN_8BIT_SIZE,
+                 **kwargs):
         owner = type(self).__name__
+        positional = ['learning_rate'] + [h.name for h in self.hyperparameters]
+        if len(args) > len(positional):
+            raise TypeError('%s takes at most %d positional arguments (%s), got %d'
+                            % (owner, len(positional), ', '.join(positional), len(args)))
+        for name, value in zip(positional, args):
+            if name in kwargs:
+                raise TypeError('%s got multiple values for argument %r' % (owner, name))
+            kwargs[name] = value
+        learning_rate = kwargs.pop('learning_rate', None)
+        for h in self.hyperparameters:
+            setattr(self, h.name, DOMAINS[h.domain][1](owner, h.name, kwargs.pop(h.name, h.default)))
         if state_bits not in STATE_BITS or isinstance(state_bits, bool):
             raise ValueError('%s: state_bits must be 32 or 8, got %r' % (owner, state_bits))
         if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, numbers.Integral) \
@@ -142,9 +196,10 @@ class MxnagOptimizer(Optimizer):
                              % (owner, min_8bit_size))
         unknown = sorted(set(kwargs) - set(BASE_ARGUMENTS))
         if unknown:
-            raise TypeError('%s got an unexpected keyword argument %r; it takes its own '
-                            'hyperparameters, aggregate_num, state_bits, min_8bit_size and %s'
-                            % (owner, unknown[0], ', '.join(BASE_ARGUMENTS)))
+            raise TypeError('%s got an unexpected keyword argument %r; it takes learning_rate, %s'
+                            'aggregate_num, state_bits, min_8bit_size and %s'
+                            % (owner, unknown[0], ''.join(h.name + ', ' for h in self.hyperparameters),
+                               ', '.join(BASE_ARGUMENTS)))
         if learning_rate is None:
             scheduler = kwargs.get('lr_scheduler')
             learning_rate = scheduler.base_lr if scheduler is not None else self.default_learning_rate
@@ -214,8 +269,10 @@ class MxnagOptimizer(Optimizer):
             factors = self._factor_rows
             while len(factors) < rows:
                 factors.append(tuple(self._step_factors(len(factors) + 1)))
-            table = nd.array(numpy.array(factors[:rows], dtype=numpy.float64), ctx=context,
-                             dtype=numpy.float64)
+            values = numpy.array(factors[:rows], dtype=numpy.float64).reshape(rows, -1)
+            if values.shape[1] == 0:  # no step scalars: one unread column (MXNet has no 0-wide arrays)
+                values = numpy.zeros((rows, 1))
+            table = nd.array(values, ctx=context, dtype=numpy.float64)
             self._tables[key] = (rows, table)
         return table
 

@@ -16,7 +16,7 @@ References:
 from mxnet.optimizer import Optimizer
 
 from . import adanag
-from .base import MxnagOptimizer, check_beta, check_number
+from .base import Hyperparameter, MxnagOptimizer
 
 
 @Optimizer.register
@@ -42,13 +42,7 @@ class NAdamW(MxnagOptimizer):
     Parameters
     ----------
     learning_rate : float >= 0, default 0.001 (or ``lr_scheduler.base_lr`` if given)
-    beta1 : float in [0, 1), default 0.9. Decay of the first moment ``m``.
-    beta2 : float in [0, 1), default 0.999. Decay of the second moment ``v``.
-    epsilon : float > 0, default 1e-8. Added to ``sqrt(v_hat)``, outside the root.
-    aggregate_num : int >= 0, default ``$MXNAG_AGGREGATE_NUM`` or 32. Parameters updated
-        per fused operator call.
-    **kwargs : the arguments of ``mx.optimizer.Optimizer`` (``wd``, ``rescale_grad``,
-        ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ...).
+    {hyperparameters}
 
     Example::
 
@@ -57,13 +51,10 @@ class NAdamW(MxnagOptimizer):
     """
     default_learning_rate = 0.001
     rule = adanag.RULE
-
-    def __init__(self, learning_rate=None, beta1=0.9, beta2=0.999, epsilon=1e-8, **kwargs):
-        owner = type(self).__name__
-        self.beta1 = check_beta(owner, 'beta1', beta1)
-        self.beta2 = check_beta(owner, 'beta2', beta2)
-        self.epsilon = check_number(owner, 'epsilon', epsilon, 0.0, low_open=True)
-        super().__init__(learning_rate=learning_rate, **kwargs)
+    hyperparameters = (
+        Hyperparameter('beta1', 0.9, 'decay', 'Decay of the first moment ``m``.'),
+        Hyperparameter('beta2', 0.999, 'decay', 'Decay of the second moment ``v``.'),
+        Hyperparameter('epsilon', 1e-8, 'positive', 'Added to ``sqrt(v_hat)``, outside the root.'))
 
     def _scalars(self, lr, wd):
         """One parameter's scalars (see the class docstring); the step scalars'
