@@ -43,7 +43,7 @@ class _FakeArray:
 
 
 SHARED = {'rescale_grad': 0.5, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.99, 'beta3': 0.9,
-          'epsilon': 1e-8}
+          'epsilon': 1e-8, 'one_minus_beta1': 0.1, 'one_minus_beta2': 0.01, 'one_minus_beta3': 0.1}
 
 
 @pytest.mark.parametrize('count', cuda.COUNTS)
@@ -147,7 +147,7 @@ def test_rtc_launches_on_the_weights_context(monkeypatch):
     cuda.update(RULES['adanag'], [w32, w16, wa, wb], [w32, w16, wa, wb],
                 [states32, states16, states_a, states_b], [None, master, None, None],
                 {'rescale_grad': 0.5, 'clip_gradient': None, 'beta1': 0.9, 'beta2': 0.999,
-                 'epsilon': 1e-8},
+                 'epsilon': 1e-8, 'one_minus_beta1': 0.1, 'one_minus_beta2': 0.001},
                 {'wd_into_grad': [0.0, 0.1, 0.2, 0.3], 'weight_scale': [0.99, 1.0, 0.98, 0.97],
                  'grad_coef': [1e-3, 2e-3, 3e-3, 4e-3], 'mean_coef': [1e-2, 2e-2, 3e-2, 4e-2],
                  'var_scale': [1.5, 2.5, 3.5, 4.5]},

@@ -92,6 +92,11 @@ def _backend(rule, dtype, device_type, master_dtype):
     return 'composed'
 
 
+def _same(mine, theirs):
+    """Whether two sequences hold the same objects, in order."""
+    return len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs))
+
+
 _NO_CODED_BACKEND = ('%s update: 8-bit states (state_bits=8) need a fused backend, and the weight '
                      'on %s has none: %s. Use state_bits=32, or make the fused kernels available')
 
@@ -159,7 +164,7 @@ def _parts(rule, placement, masters, states):
 
 
 def multi_update(rule, weights, grads, states, scalars, *, masters=None, placement=None,
-                 steps=None):
+                 steps=None, cache=None):
     """One step of ``rule`` for a group of parameters, in place.
 
     ``states[k]`` is the tuple of state arrays of ``weights[k]`` (in ``rule.states``'
@@ -168,9 +173,12 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
     the float32 master weights of float16 ``weights`` (states then float32, updated with
     the master, and the float16 weight written from it in the same pass); ``placement``
     None, or each weight's ``(dtype, context, shape)`` when the caller knows them; ``steps`` the
-    group's ``StepCounts`` (None: the scalars are whole and the step applies). The group
-    is split by backend, context and dtype; a part on the fused CPU backend is one
-    operator call (the usual case: the whole group)."""
+    group's ``StepCounts`` (None: the scalars are whole and the step applies); ``cache``
+    None, or a dict the caller keeps for this group while its weights and gradients stay
+    the same objects (the split and each part's operator inputs are made once while the
+    states, step counts and master weights stay the same objects too). The group is split by backend,
+    context and dtype; a part on the fused CPU backend is one operator call (the usual
+    case: the whole group)."""
     missing = [name for name in rule.shared + rule.per_tensor if name not in scalars]
     if missing:
         raise ValueError('%s update: missing scalars %s' % (rule.name, ', '.join(missing)))
@@ -186,15 +194,22 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
             and (masters is None or len(masters) == count)):
         raise ValueError('%s update: weights, grads, states, masters and every per-parameter '
                          'scalar need one entry per weight (%d)' % (rule.name, count))
-    for (backend, _, _, has_master, _, _), members in _parts(rule, placement, masters,
-                                                                 states).items():
+    if cache is None:
+        cache = {}
+    held = [array for state in states for array in state] + list(masters or ()) + list(steps.arrays)
+    if not (cache.get('held') is not None and _same(cache['held'], held)):
+        cache.clear()
+        cache.update(held=held, parts=_parts(rule, placement, masters, states))
+    for part, members in cache['parts'].items():
+        backend, has_master = part[0], part[3]
         if members is None:
             pick = list
         else:
             pick = lambda seq: [seq[k] for k in members]  # noqa: E731
         if backend == 'fused-cpu':
             shapes = pick([place[2] for place in placement])
-            run = lambda *args: fused_cpu.update(*args, shapes=shapes)  # noqa: E731
+            part_cache = cache.setdefault(part, {})
+            run = lambda *args: fused_cpu.update(*args, shapes=shapes, cache=part_cache)  # noqa: E731
         elif backend == 'cuda':
             run = cuda.update
         else:

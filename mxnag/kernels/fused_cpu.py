@@ -180,7 +180,7 @@ def to_default_layout(weights, shapes=None):
 
 
 def update(rule, weights, grads, states, masters, shared, per_tensor, step_arrays, slots, flag,
-           table, shapes=None):
+           table, shapes=None, cache=None):
     """One fused step of ``rule`` for a group of parameters of one dtype on one CPU context.
 
     ``states[k]`` is the tuple of state arrays of weight k; ``masters`` is None or, for
@@ -189,38 +189,69 @@ def update(rule, weights, grads, states, masters, shared, per_tensor, step_array
     values are multipliers of the table's factors); ``step_arrays``, ``slots``, ``flag``
     and ``table`` are the step counts (``kernels.StepCounts``). Weights in oneDNN's
     layouts are accepted (``to_default_layout``); gradients are too (MXNet gives an
-    extension operator a default-layout copy of such an input).
+    extension operator a default-layout copy of such an input). ``cache``: a dict the
+    caller keeps for this group while its arrays stay the same objects (the inputs,
+    the weights to reorder and the attributes' texts are made once, not every step).
     """
-    if masters is None and weights[0].dtype is numpy.float32:  # a group has one dtype
-        to_default_layout(weights, shapes)
+    cache = {} if cache is None else cache
+    if 'inputs' not in cache:
+        _prepare(cache, rule, weights, grads, states, masters, step_arrays, shapes)
+    reorder = _LIBRARY.value[1][_REORDER]
+    if reorder is not None:
+        for handle in cache['reorder']:
+            reorder(handle)
+    inputs = cache['inputs'][:]
+    inputs[cache['flag_at']:cache['flag_at'] + 2] = [flag, table]
+    values = cache['head'] + [repr(-1.0 if shared[name] is None else float(shared[name]))
+                              for name in rule.shared]  # clip_gradient None: off
+    columns = cache['columns']
+    for name in rule.per_tensor:
+        column = tuple(per_tensor[name])
+        known = columns.get(name)
+        if known is None or known[0] != column:
+            known = columns[name] = (column, _texts(column, cache['texts']))
+        values.append(known[1])
+    values.append(cache['step_scalars'])
+    values.append(','.join('1' if slot else '0' for slot in slots))
+    invoke(cache['op'], inputs, cache['keys'], values, cache['outputs'])
+
+
+def _prepare(cache, rule, weights, grads, states, masters, step_arrays, shapes):
+    """What ``update`` reuses while a group's arrays stay the same: its inputs (the flag
+    and table's places left for each step's), the float32 weights that may be in a oneDNN
+    layout (their handles), the attributes' names and the texts that do not change."""
     inputs = []
     for k, (weight, grad, state) in enumerate(zip(weights, grads, states)):
-        inputs.append(weight)
-        inputs.append(grad)
-        inputs.extend(state)
+        inputs += [weight, grad] + list(state)
         if masters is not None:
             inputs.append(masters[k])
-    inputs.append(flag)
-    inputs.append(table)
-    inputs.extend(step_arrays)
+    cache['flag_at'] = len(inputs)
+    cache['inputs'] = inputs + [None, None] + list(step_arrays)
+    reorder = masters is None and weights[0].dtype is numpy.float32  # a group has one dtype
+    cache['reorder'] = [w.handle for k, w in enumerate(weights)
+                        if reorder and len(w.shape if shapes is None else shapes[k]) >= 2]
     coded = len(states[0]) != len(rule.states)  # 8-bit: codes and scales per state
-    values = [str(len(weights)), '1' if masters is not None else '0', '8' if coded else '32']
-    for name in rule.shared:
-        value = shared[name]
-        values.append(repr(-1.0 if value is None else float(value)))  # clip_gradient None: off
-    texts = {}  # number -> its text: a group's parameters mostly share their scalars
-    for name in rule.per_tensor:
-        column = []
-        for value in per_tensor[name]:
-            text = texts.get(value) if value else None  # (0.0 == -0.0: zeros not shared)
-            if text is None:
-                text = texts[value] = repr(float(value))
-            column.append(text)
-        values.append(','.join(column))
-    values.append(','.join(rule.step_scalars))
-    values.append(','.join('1' if slot else '0' for slot in slots))
-    invoke('mxnag_%s_update' % rule.name, inputs,
-           _LAYOUT_KEYS + list(rule.shared + rule.per_tensor) + _STEP_KEYS, values, list(weights))
+    cache['head'] = [str(len(weights)), '1' if masters is not None else '0', '8' if coded else '32']
+    cache['keys'] = _LAYOUT_KEYS + list(rule.shared + rule.per_tensor) + _STEP_KEYS
+    cache['op'] = 'mxnag_%s_update' % rule.name
+    cache['outputs'] = list(weights)
+    cache['step_scalars'] = ','.join(rule.step_scalars)
+    cache['columns'] = {}
+    cache['texts'] = {}
+
+
+def _texts(column, texts):
+    """The attribute text of a per-tensor column (a Python float's repr round-trips a
+    double); ``texts`` remembers each number's (a group's parameters mostly share them)."""
+    out = []
+    for value in column:
+        text = texts.get(value) if value else None  # (0.0 == -0.0: zeros not shared)
+        if text is None:
+            text = repr(float(value))
+            if len(texts) < 4096:
+                texts[value] = text
+        out.append(text)
+    return ','.join(out)
 
 
 _STEP_KEYS = ['step_scalars', 'step_slot']

@@ -229,6 +229,7 @@ class MxnagOptimizer(Optimizer):
         """What lives on devices and is made again after unpickling: the arrays a
         parameter comes with (``_placement``), the step-factor tables and flags."""
         self._arrays = {}  # index -> [(weight, gradient, (dtype, context)), ...]
+        self._plans = {}  # (indices, id of weight 0) -> (weights, grads, placement, kernels' cache)
         self._factor_rows = []  # _step_factors(t) for t = 1, 2, ... (host, float64)
         self._tables = {}  # context key -> (rows, float64 NDArray (rows, len(step_scalars)))
         self._flags = {}  # context key -> float32 NDArray (1,): 0 skips the step
@@ -344,7 +345,17 @@ class MxnagOptimizer(Optimizer):
             indices, weights, grads, states = list(index), list(weight), list(grad), list(state)
         else:
             indices, weights, grads, states = [index], [weight], [grad], [state]
-        placement = [self._placement(i, w, g) for i, w, g in zip(indices, weights, grads)]
+        key = (tuple(indices), id(weights[0]))  # a group per device (each has its arrays)
+        plan = self._plans.get(key)
+        if plan is None or not (_same(plan[0], weights) and _same(plan[1], grads)):
+            # what is made once per group while MXNet passes the same arrays (a Trainer
+            # does): each weight's placement and the kernels' cache
+            placement = [self._placement(i, w, g) for i, w, g in zip(indices, weights, grads)]
+            plan = (list(weights), list(grads), placement, {})
+            if len(self._plans) >= _PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        placement = plan[2]
         self._update_count(indices)
         masters = None
         if use_master and any(place[0] is numpy.float16 for place in placement):
@@ -370,7 +381,7 @@ class MxnagOptimizer(Optimizer):
             device_inputs=lambda context: (self._flag_for(context),
                                            self._table_for(context, max(counts))))
         kernels.multi_update(self.rule, weights, grads, [s[:-1] for s in states], scalars,
-                             masters=masters, placement=placement, steps=steps)
+                             masters=masters, placement=placement, steps=steps, cache=plan[3])
 
     def _placement(self, index, weight, grad):
         """(dtype, context, shape) of parameter ``index``'s weight, once its weight and gradient
@@ -390,7 +401,7 @@ class MxnagOptimizer(Optimizer):
 
     def __getstate__(self):  # device arrays stay out of pickles (save_states, kvstore servers)
         state = super().__getstate__()
-        for name in ('_arrays', '_factor_rows', '_tables', '_flags', '_flag_source'):
+        for name in ('_arrays', '_plans', '_factor_rows', '_tables', '_flags', '_flag_source'):
             state.pop(name, None)
         return state
 
@@ -419,6 +430,16 @@ class MxnagOptimizer(Optimizer):
         """The factors of the step scalars at a parameter's step ``t`` (from 1), in the
         order of ``rule.step_scalars``."""
         raise NotImplementedError
+
+
+def _same(mine, theirs):
+    """Whether two sequences hold the same objects, in order."""
+    return len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs))
+
+
+# Groups whose plans an optimizer keeps (a model's groups are few; more means the arrays
+# change, as when a Trainer is rebuilt)
+_PLANS = 256
 
 
 def _context_key(context):
