@@ -157,8 +157,9 @@ def test_rtc_launches_on_the_weights_context(monkeypatch):
     assert kernels_made[2][1] == cuda.kernel_signature(RULES['adanag'], 'float16')
     (_, args0, ctx0, grid0, _), (_, args1, _, grid1, _), (_, args2, _, _, block2) = launches
     assert args0[1] is w32 and args0[2:4] == list(states32) and args0[4] is steps[0]
-    assert args0[6] is wa and args0[9] is steps[2] and args0[15:17] == [flag, table]
-    assert args0[17] == 9 and args0[-2:] == [12, 700] and grid0 == (3, 2, 1)
+    shared = len(RULES['adanag'].shared)  # then the flag, the table and its rows
+    assert args0[6] is wa and args0[9] is steps[2] and args0[10 + shared:12 + shared] == [flag, table]
+    assert args0[12 + shared] == 9 and args0[-2:] == [12, 700] and grid0 == (3, 2, 1)
     assert args0[-4] == np.float32(3.5) and args0[-10] == np.float32(1.5)  # var_scale of wa, w32
     assert args0[-3] == 0 and args0[-9] == 0  # the slots of wa and w32
     assert args1[1] is wb and args1[-1] == 2 and args1[-2] == 1 and grid1 == (1, 1, 1)
