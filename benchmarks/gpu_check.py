@@ -51,6 +51,9 @@ LR = 0.01
 WD = 0.01
 SIZES = [1, 1037, 7, 300 * 250 + 1, 33, 2, 511, 4097]  # tensor k of a launch: odd sizes
 MAX_BLOCKS = 3  # few blocks: most elements reached by the grid-stride loop
+# 8-bit cases: tensors of at most this many elements (still 17 blocks of codes for 3
+# thread blocks; the emulation runs their threads as threads, which is slow)
+CODED_SIZE_LIMIT = 4097
 
 
 # -- loading mxnag's kernel code and optimizers without MXNet ----------------------------
@@ -258,7 +261,8 @@ def run_coded_case(backend, cuda, cls, reference, dtype, count, rng, steps=STEPS
     decoded, the published step, the nearest codes): the weight to float32 rounding, the
     scales, and the codes equal except ties (``reference.codes_agree``: a value within
     float32 rounding of a midpoint may take either code).
-    Returns the largest relative error of a step's displacement and whether the codes,
+    Returns the largest relative error of a step's displacement (over the tensors of
+    the step) and whether the codes,
     scales, skipped step and step counts held."""
     opt = cls(learning_rate=LR, wd=WD, clip_gradient=2.0)
     rule = cls.rule
@@ -267,7 +271,7 @@ def run_coded_case(backend, cuda, cls, reference, dtype, count, rng, steps=STEPS
     device_table = backend.array(table)
     tensors = []
     for k in range(count):
-        size = SIZES[k]
+        size = min(SIZES[k], CODED_SIZE_LIMIT)
         blocks = -(-size // reference.CODE_BLOCK)
         w0 = rng.standard_normal(size).astype(np.float32)
         drift = rng.standard_normal(size)
@@ -286,6 +290,7 @@ def run_coded_case(backend, cuda, cls, reference, dtype, count, rng, steps=STEPS
     skip_step = steps // 2
     held, worst = True, 0.0
     for step in range(steps):
+        error, moved = 0.0, 0.0  # this step's, over every tensor of the launches
         live = [t for t in tensors if t['join'] <= step]
         flag = flag_off if step == skip_step else flag_on
         before = {id(t): [backend.numpy(a).copy() for a in [t['weight']] + t['states']] for t in live}
@@ -314,13 +319,16 @@ def run_coded_case(backend, cuda, cls, reference, dtype, count, rng, steps=STEPS
                 w_before, [t['grads'][t['applied']].astype(np.float32)], [t['lr']], wd=WD, clip=2.0,
                 start=dict(decoded, t=t['applied']), return_states=True)
             t['applied'] += 1
-            moved = max(np.linalg.norm(w_ref - w_before), 1e-30)
-            worst = max(worst, float(np.linalg.norm(now[0].astype(np.float64) - w_ref) / moved))
+            moved += float(np.sum((w_ref - w_before) ** 2))
+            error += float(np.sum((now[0].astype(np.float64) - w_ref) ** 2))
             for j, name in enumerate(rule.states):
                 codes_ref, scales_ref = reference.encode_state(states_ref[name], non_negative[j])
                 codes, scales = now[1 + 2 * j], now[2 + 2 * j]
-                held &= bool(np.allclose(scales, scales_ref, rtol=1e-4, atol=0))
+                # (atol: a block of float32 rounding noise, see reference.codes_agree)
+                held &= bool(np.allclose(scales, scales_ref, rtol=1e-4, atol=1e-7))
                 held &= bool(reference.codes_agree(codes, states_ref[name], non_negative[j]).all())
+        if moved > 0:
+            worst = max(worst, (error / moved) ** 0.5)
     for t in tensors:
         held &= bool(backend.numpy(t['step'])[t['attempted'] % 2] == t['applied'])
         if t['weight16'] is not None:

@@ -3,8 +3,8 @@
 // per thread, blockDim/gridDim globals. A launch of a kernel without shared memory or
 // barriers runs every thread of the grid one after another (the order does not matter);
 // one of the 8-bit kernels (names with q8), which share memory within a block and wait at
-// __syncthreads, runs each block's threads as real threads at a barrier, one block after
-// another (so a function's `static` stands for its `__shared__`). The two float16
+// __syncthreads, runs a block's threads as real threads meeting at a barrier, through the
+// blocks one after another (so a function's `static` stands for its `__shared__`). The two float16
 // conversions that are PTX instructions on the GPU are the exact software ones of half.h
 // (round to nearest even, as cvt.rn.f16.f32).
 //
@@ -66,22 +66,27 @@ static void mxnag_emulate(void (*kernel)(A...), unsigned grid_x, unsigned grid_y
                           unsigned block, void** params, bool threads) {
   gridDim = {grid_x, grid_y, 1};
   blockDim = {block, 1, 1};
+  if (threads) {  // one team of a block's threads, through the blocks one at a time
+    std::barrier<> barrier(block);
+    mxnag_block_barrier = &barrier;
+    std::vector<std::thread> team;
+    for (unsigned t = 0; t < block; ++t) {
+      team.emplace_back([=, &barrier] {
+        threadIdx = {t, 0, 0};
+        for (unsigned y = 0; y < grid_y; ++y) {
+          for (unsigned b = 0; b < grid_x; ++b) {
+            blockIdx = {b, y, 0};
+            mxnag_call(kernel, params, std::index_sequence_for<A...>{});
+            barrier.arrive_and_wait();  // the block ends: its shared memory is the next one's
+          }
+        }
+      });
+    }
+    for (std::thread& thread : team) thread.join();
+    return;
+  }
   for (unsigned y = 0; y < grid_y; ++y) {
     for (unsigned b = 0; b < grid_x; ++b) {
-      if (threads) {  // the block's threads at once, meeting at __syncthreads
-        std::barrier<> barrier(block);
-        mxnag_block_barrier = &barrier;
-        std::vector<std::thread> team;
-        for (unsigned t = 0; t < block; ++t) {
-          team.emplace_back([=] {
-            blockIdx = {b, y, 0};
-            threadIdx = {t, 0, 0};
-            mxnag_call(kernel, params, std::index_sequence_for<A...>{});
-          });
-        }
-        for (std::thread& thread : team) thread.join();
-        continue;
-      }
       for (unsigned t = 0; t < block; ++t) {
         blockIdx = {b, y, 0};
         threadIdx = {t, 0, 0};

@@ -168,11 +168,13 @@ def decode_state(codes, scales, non_negative):
     return np.where(codes & 128, -value, value)
 
 
-def codes_agree(codes, values, non_negative, tolerance=2e-6):
+def codes_agree(codes, values, non_negative, tolerance=2e-6, floor=1e-7):
     """Where 8-bit ``codes`` (a kernel's, computed in float32) are a nearest code of the
     float64 ``values`` up to ``tolerance`` (in units of the block's largest code value,
     about float32 rounding of the update): equal to the reference's code, or as near to
-    the value as it within ``tolerance`` (a value on a midpoint may round either way)."""
+    the value as it within ``tolerance`` (a value on a midpoint may round either way).
+    A block whose largest (root) magnitude is at most ``floor`` holds float32 rounding
+    noise (a difference of two equal numbers, say), whatever its codes."""
     n = values.size
     stored = np.sqrt(values) if non_negative else values
     blocks = -(-n // CODE_BLOCK)
@@ -194,4 +196,5 @@ def codes_agree(codes, values, non_negative, tolerance=2e-6):
                                    for v in (mine_value, their_value)]
     near = np.abs(np.abs(y - their_value) - np.abs(y - mine_value)) <= tolerance
     zero = (their_value == 0) | (mine_value == 0)
-    return (mine == theirs) | both_zero | (near & (same_sign | zero))
+    noise = largest <= floor
+    return (mine == theirs) | both_zero | noise | (near & (same_sign | zero))

@@ -223,9 +223,10 @@ def test_gpu_check_emulated_passes_every_entry_point(tmp_path, capsys):
     result = json.loads((tmp_path / 'g.json').read_text())
     assert result['backend'] == 'emulate' and result['timings'] == []
     kernels = {c['kernel'] for c in result['cases']}
-    rules = {cls.rule.name for cls in mxnag.optim.optimizers().values()}
-    assert kernels == set(cuda.kernel_names(*{cls.rule for cls in mxnag.optim.optimizers().values()}))
-    assert len(kernels) == len(rules) * len(cuda.KINDS) * len(cuda.COUNTS)
+    from mxnag.kernels import cuda
+    from optimizers import RULES
+    assert kernels == set(cuda.kernel_names(*RULES.values()))
+    assert len(kernels) == len(RULES) * len(cuda.KINDS) * len(cuda.COUNTS)
     assert {c['optimizer'] for c in result['cases']} == {'adanag', 'adan', 'nadamw'}
     assert all(c['ok'] for c in result['cases'])
     assert '0 failed' in capsys.readouterr().out
@@ -233,8 +234,8 @@ def test_gpu_check_emulated_passes_every_entry_point(tmp_path, capsys):
 
 @pytest.mark.parametrize('plant', [
     ('mxnag/kernels/src/rules.h', 'w = w * c.weight_scale -', 'w = w * c.weight_scale * S(1.0001) -'),
-    ('mxnag/kernels/src/state_codes.h', 'const unsigned int rounded = abs_bits + 0x7ffffu',
-     'const unsigned int rounded = abs_bits + 0x80000u'),
+    ('mxnag/kernels/src/state_codes.h', 'const unsigned int rounded = abs_bits + 0x7ffffu + ((abs_bits >> 20) & 1u);',
+     'const unsigned int rounded = abs_bits;'),
     ('mxnag/kernels/src/fused_cuda.cu', 'const double count = step[slot] + (applies ? 1.0 : 0.0);',
      'const double count = step[slot] + 1.0;'),
     ('mxnag/kernels/cuda.py', 'params += [(scalar, name) for name in rule.shared]',
@@ -303,7 +304,7 @@ class _FakeCupy:
     def __init__(self, workdir, root):
         import types
         self.workdir, self.root, self.count = workdir, root, 0
-        self.float32, self.float64 = np.float32, np.float64
+        self.float32, self.float64, self.uint8 = np.float32, np.float64, np.uint8
         self.random = types.SimpleNamespace(
             standard_normal=lambda n, dtype: np.random.default_rng(0).standard_normal(n).astype(dtype))
         runtime = types.SimpleNamespace(
@@ -334,7 +335,7 @@ class _FakeCupy:
                 with open(os.path.join(folder, 'kernels.inc'), 'w') as f:
                     f.write(''.join('MXNAG_KERNEL(%s)\n' % n for n in names))
                 library = os.path.join(folder, 'lib.so')
-                subprocess.run(['g++', '-std=c++17', '-O2', '-shared', '-fPIC', '-I', folder,
+                subprocess.run(['g++', '-std=c++20', '-O2', '-shared', '-fPIC', '-pthread', '-I', folder,
                                 '-I', os.path.join(fake.root, 'mxnag', 'kernels', 'src'),
                                 os.path.join(fake.root, 'tests', 'cuda_host_emulation.cc'),
                                 '-o', library], check=True)
@@ -383,7 +384,8 @@ def test_gpu_check_gpu_mode_runs_on_a_stand_in_for_cupy(tmp_path, monkeypatch, c
     assert result['backend'] == 'cupy' and 'Fake' in result['device'] and all(c['ok'] for c in result['cases'])
     rows = result['timings']
     assert [r['shape'] for r in rows] == ['4k', '3 tensors']
-    assert all(set(r) >= {'adanag', 'adan', 'floor_ms', 'copy_ms'} and r['adanag']['ms'] > 0 for r in rows)
+    assert all(set(r) >= {'adanag', 'adan', 'adanag 8-bit', 'adan 8-bit', 'floor_ms', 'copy_ms'}
+               and r['adanag']['ms'] > 0 and r['adanag 8-bit']['x_32bit_time'] > 0 for r in rows)
     out = capsys.readouterr().out
     assert '| shape | elements |' in out and '| 4k | 4096 |' in out
 

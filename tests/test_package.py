@@ -117,3 +117,23 @@ def test_the_library_and_the_cluster_import_nothing_of_the_layers_above():
     assert all(m.split('.')[1] in ('optim', 'kernels') for m in first if m != 'mxnag'), first
     assert not any(m.startswith('mxnag.train') for m in second), second
     assert heavy == []
+
+
+def test_the_readme_tables_are_the_declared_hyperparameters():
+    """Each optimizer's argument table in the README lists its declared hyperparameters
+    (mxnag.optim.base.Hyperparameter) with their defaults and ranges, and nothing else."""
+    import ast
+    import re
+    from mxnag.optim.base import DOMAINS
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'README.md')).read()
+    ranges = {'decay': '[0, 1)', 'positive': '> 0', 'non-negative': '>= 0', 'bool': 'bool'}
+    assert set(ranges) == set(DOMAINS)
+    for info in OPTIMIZERS:
+        section = readme.split("(`'%s'`)" % info.name, 1)[1].split('\n### ', 1)[0].split('\n## ', 1)[0]
+        rows = re.findall(r'^\| `(\w+)` \| ([^|]+) \| ([^|]+) \|', section, re.M)
+        table = {name: (default.strip(), bounds.strip()) for name, default, bounds in rows}
+        assert table.pop('learning_rate')[0].startswith(repr(info.defaults['lr']))
+        table = {name: (ast.literal_eval(default), bounds) for name, (default, bounds) in table.items()}
+        declared = {h.name: (h.default, ranges[h.domain]) for h in info.cls.hyperparameters}
+        assert table == declared, info.name
