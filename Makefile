@@ -7,7 +7,7 @@ RUN_DIR ?= runs/mnist
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test mnist fashion-mnist clean
+.PHONY: test mnist fashion-mnist bench-peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: $(PY) fashion-mnist
 	$(PY) -m pip install --quiet -e '.[cpu,recipes,test]'
 	$(PY) -m pip install --quiet torch==2.13.0 || echo 'PyTorch not installed: its cross-check tests will be skipped'
 	$(PY) -m pytest -ra tests
+
+# the step benchmark's peers (benchmarks/bench_step.py, state_error.py): PyTorch and
+# bitsandbytes, whose 8-bit Adam has a CPU path (--no-deps: it needs only torch, numpy and
+# packaging, which are there; pip would otherwise be free to move numpy past MXNet's < 1.24)
+bench-peers: $(PY)
+	$(PY) -m pip install --quiet -e '.[cpu,recipes,test]'
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps bitsandbytes==0.50.2
 
 # the project's main job, every recipe with its own defaults: pretrain LeNet on digits 0-4;
 # fine-tune it on 5-9 from 10 and from 100 examples per class, each against the same model
