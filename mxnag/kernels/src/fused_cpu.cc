@@ -343,6 +343,22 @@ void coded_loop(const typename Rule::template Coefs<float>& c, int64_t len,
   }
 }
 
+// Elements ahead whose lines coded_span asks for while it works on a block: its loads are
+// short runs (a block's 1 KB of floats, 256 B of each state's codes) between bursts of
+// arithmetic, which the hardware prefetchers follow poorly (measured on the AMD EPYC of
+// the README: a 10M step 7-8 ms without, 4.3-5.4 ms with, in turns). Prefetches do not
+// fault past an array's end.
+const int64_t kPrefetchAhead = 8 * kCodeBlock;
+
+template <typename... Codes>
+inline void prefetch_block(const float* grad, const float* w, Codes... codes) {
+  for (int64_t i = 0; i < kCodeBlock; i += 16) {  // 64-byte lines
+    __builtin_prefetch(grad + i);
+    __builtin_prefetch(w + i, 1);
+  }
+  for (int64_t i = 0; i < kCodeBlock; i += 64) ((__builtin_prefetch(codes + i, 1)), ...);
+}
+
 // [begin, end) of one parameter with 8-bit states (begin a multiple of kCodeBlock):
 // per block, decode and update (coded_loop), then each state's largest magnitude and its
 // codes from the buffer: one pass over memory.
@@ -354,6 +370,7 @@ void coded_span(const typename Rule::template Coefs<float>& c, int64_t begin, in
   for (int64_t b = begin; b < end; b += kCodeBlock) {
     const int64_t len = std::min<int64_t>(kCodeBlock, end - b);
     const float scale[] = {q.scales[J][b / kCodeBlock]...};
+    prefetch_block(grad + b + kPrefetchAhead, w + b + kPrefetchAhead, (q.codes[J] + b + kPrefetchAhead)...);
     coded_loop<Rule>(c, len, grad + b, w + b, values, scale, order, (q.codes[J] + b)...);
     StoreStates<Rule, K>::run(values, len, q, b);
   }
