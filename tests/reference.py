@@ -148,8 +148,10 @@ def encode_state(values, non_negative):
     padded[:n] = stored
     grid = ROOT_GRID if non_negative else SIGNED_GRID
     largest = np.abs(padded).reshape(blocks, CODE_BLOCK).max(axis=1)
-    scales = largest / grid[-1]
-    inverse = np.where(largest > 0, grid[-1] / np.where(largest > 0, largest, 1), 0.0)
+    normal = largest >= np.finfo(np.float32).tiny  # below it a block reads 0
+    scales = np.where(normal, largest / grid[-1], 0.0)
+    scales = np.where(np.isfinite(largest), scales, np.nan)  # a NaN or an Inf: the block reads NaN
+    inverse = np.where(normal & np.isfinite(largest), grid[-1] / np.where(normal, largest, 1), 0.0)
     y = np.abs(stored) * np.repeat(inverse, CODE_BLOCK)[:n]
     if non_negative:
         codes = np.maximum(_float_code(y, 4, 255), (y > 0).astype(np.int64))

@@ -210,3 +210,53 @@ def test_save_and_load_states_continue_bit_exact(name, tmp_path):
     states = trainer2._updaters[0].states
     # the weight's states loaded as codes, the bias's as float32
     assert sorted(np.dtype(state[0].dtype).name for state in states.values()) == ['float32', 'uint8']
+
+
+def test_inf_and_denormal_blocks():
+    """A block holding an Inf reads NaN (as a NaN's does); a block whose largest moment is
+    below the smallest normal float reads 0 (its inverse scale would overflow)."""
+    opt = mx.optimizer.create('adanag', learning_rate=1e-3, state_bits=8)
+    updater = mx.optimizer.get_updater(opt)
+    w = mx.nd.ones((4096,))
+    g = np.full(4096, 0.5, np.float32)
+    g[:256] = 1e-30  # m = 1e-31: fine; set below to a denormal m directly
+    g[300] = np.inf
+    updater(0, mx.nd.array(g), w)
+    scales = updater.states[0][1].asnumpy()
+    assert np.isnan(scales[1]) and np.isfinite(np.delete(scales, 1)).all()
+    state = updater.states[0]
+    codes = np.zeros(4096, np.uint8)
+    codes[:256] = 100
+    state[0][:] = mx.nd.array(codes, dtype='uint8')
+    state[1][:] = mx.nd.array(np.r_[1e-39 / 1.875, np.ones(15)].astype(np.float32))
+    # m of block 0 ~ 1e-39 x 0.9 after the next step with zero gradients there
+    g2 = np.full(4096, 0.5, np.float32)
+    g2[:256] = 0.0
+    updater(0, mx.nd.array(g2), w)
+    m = _decoded(opt.rule, updater.states[0])['mean']
+    assert updater.states[0][1].asnumpy()[0] == 0 and np.all(m[:256] == 0)
+    assert np.all(updater.states[0][0].asnumpy()[:256] % 128 == 0)
+
+
+def test_set_fused_applies_to_a_group_already_cached(rng):
+    """The group caches keep the backend split; forcing the composed update afterwards
+    still takes effect (and refuses 8-bit states by name)."""
+    from mxnag.kernels import fused_cpu
+    opt = mx.optimizer.create('adanag', learning_rate=1e-2, state_bits=8)
+    updater = mx.optimizer.get_updater(opt)
+    w, g = mx.nd.ones((5000,)), mx.nd.array(rng.standard_normal(5000).astype(np.float32))
+    updater(0, g, w)
+    calls = []
+    original = fused_cpu.invoke
+    fused_cpu.invoke = lambda *a, **k: (calls.append(a[0]), original(*a, **k))
+    kernels.set_fused(False)
+    try:
+        with pytest.raises(RuntimeError, match='forced'):
+            updater(0, g, w)
+    finally:
+        kernels.set_fused(True)
+        fused_cpu.invoke = original
+    assert calls == []
+    assert len(opt._plans) == 1
+    updater(0, g, mx.nd.ones((5000,)))  # new arrays for the same group: its plan replaced
+    assert len(opt._plans) == 1

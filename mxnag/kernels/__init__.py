@@ -101,10 +101,12 @@ _NO_CODED_BACKEND = ('%s update: 8-bit states (state_bits=8) need a fused backen
                      'on %s has none: %s. Use state_bits=32, or make the fused kernels available')
 
 
-def _why_composed(context):
+def _why_composed(context, rule):
     """Why a weight on ``context`` gets the composed backend (for the error above)."""
     if fused_cpu.FORCED_OFF:
         return 'the composed update is forced (MXNAG_FUSED=0 or kernels.set_fused(False))'
+    if not cuda.supports(rule):
+        return 'rule %r has no kernel (no body in src/rules.h)' % rule.name
     if context.device_type in _CPU_DEVICE_TYPES:
         return 'the fused CPU library is not available (%s)' % fused_cpu.status().get('reason')
     if context.device_type == 'gpu':
@@ -152,7 +154,7 @@ def _parts(rule, placement, masters, states):
         if backend is None:
             backend = backends[key] = _backend(rule, dtype, context.device_type, master_dtype)
             if coded and backend == 'composed':
-                raise RuntimeError(_NO_CODED_BACKEND % (rule.name, context, _why_composed(context)))
+                raise RuntimeError(_NO_CODED_BACKEND % (rule.name, context, _why_composed(context, rule)))
         # dtype too: an operator call (a CUDA launch) reads its whole group as one type
         places.append((backend, key[1], key[2], master_dtype is not None, dtype, coded))
     if all(place == places[0] for place in places):
@@ -197,9 +199,11 @@ def multi_update(rule, weights, grads, states, scalars, *, masters=None, placeme
     if cache is None:
         cache = {}
     held = [array for state in states for array in state] + list(masters or ()) + list(steps.arrays)
-    if not (cache.get('held') is not None and _same(cache['held'], held)):
+    if not (cache.get('held') is not None and _same(cache['held'], held)
+            and cache['forced_off'] == fused_cpu.FORCED_OFF):  # (set_fused changes backends)
         cache.clear()
-        cache.update(held=held, parts=_parts(rule, placement, masters, states))
+        cache.update(held=held, forced_off=fused_cpu.FORCED_OFF,
+                     parts=_parts(rule, placement, masters, states))
     for part, members in cache['parts'].items():
         backend, has_master = part[0], part[3]
         if members is None:

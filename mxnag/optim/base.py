@@ -196,10 +196,11 @@ class MxnagOptimizer(Optimizer):
                              % (owner, min_8bit_size))
         unknown = sorted(set(kwargs) - set(BASE_ARGUMENTS))
         if unknown:
+            others = [name for name in BASE_ARGUMENTS if name not in ('learning_rate', 'sym', 'param_dict')]
             raise TypeError('%s got an unexpected keyword argument %r; it takes learning_rate, %s'
                             'aggregate_num, state_bits, min_8bit_size and %s'
                             % (owner, unknown[0], ''.join(h.name + ', ' for h in self.hyperparameters),
-                               ', '.join(BASE_ARGUMENTS)))
+                               ', '.join(others)))
         if learning_rate is None:
             scheduler = kwargs.get('lr_scheduler')
             learning_rate = scheduler.base_lr if scheduler is not None else self.default_learning_rate
@@ -229,7 +230,7 @@ class MxnagOptimizer(Optimizer):
         """What lives on devices and is made again after unpickling: the arrays a
         parameter comes with (``_placement``), the step-factor tables and flags."""
         self._arrays = {}  # index -> [(weight, gradient, (dtype, context)), ...]
-        self._plans = {}  # (indices, id of weight 0) -> (weights, grads, placement, kernels' cache)
+        self._plans = {}  # (indices, device) -> (weights, grads, placement, kernels' cache)
         self._factor_rows = []  # _step_factors(t) for t = 1, 2, ... (host, float64)
         self._tables = {}  # context key -> (rows, float64 NDArray (rows, len(step_scalars)))
         self._flags = {}  # context key -> float32 NDArray (1,): 0 skips the step
@@ -345,7 +346,8 @@ class MxnagOptimizer(Optimizer):
             indices, weights, grads, states = list(index), list(weight), list(grad), list(state)
         else:
             indices, weights, grads, states = [index], [weight], [grad], [state]
-        key = (tuple(indices), id(weights[0]))  # a group per device (each has its arrays)
+        context = weights[0].context
+        key = (tuple(indices), context.device_typeid, context.device_id)  # a plan per device
         plan = self._plans.get(key)
         if plan is None or not (_same(plan[0], weights) and _same(plan[1], grads)):
             # what is made once per group while MXNet passes the same arrays (a Trainer

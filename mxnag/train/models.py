@@ -107,7 +107,7 @@ def check_model(name):
     if name in _BUILDERS:
         return
     if name.lower() not in gluoncv_model_zoo().get_model_list():
-        raise MxnagError('unknown model %r; use mlp, lenet, seed-cnn, mlp-100-100 or a GluonCV model '
+        raise MxnagError('unknown model %r; use mlp, lenet, seed-cnn, mlp-100-100, mlp-1000-1000 or a GluonCV model '
                          'zoo classifier (e.g. resnet18_v1)' % name)
 
 

@@ -298,12 +298,15 @@ void store_block(const float* values, int64_t len, uint8_t* codes, float* scale)
     const uint32_t bits = mxnag_float_bits(values[i]) & 0x7fffffffu;
     most = bits > most ? bits : most;
   }
-  const bool nan = most > 0x7f800000u;
+  // a NaN or an Inf: the block reads NaN; a largest magnitude below the smallest normal
+  // float (top / largest would overflow): the block reads 0
+  const bool nan = most >= 0x7f800000u;
+  const bool zero = most < 0x00800000u;
   const float largest = mxnag_bits_float(most);
-  const float inverse = largest > 0.0f && !nan ? Code::top() / largest : 0.0f;
+  const float inverse = nan || zero ? 0.0f : Code::top() / largest;
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) codes[i] = uint8_t(Code::encode(values[i] * inverse));
-  *scale = nan ? NAN : largest / Code::top();
+  *scale = nan ? NAN : (zero ? 0.0f : largest / Code::top());
 }
 
 template <typename Rule, int J>
@@ -365,13 +368,15 @@ inline void prefetch_block(const float* grad, const float* w, Codes... codes) {
 template <typename Rule, size_t... J>
 void coded_span(const typename Rule::template Coefs<float>& c, int64_t begin, int64_t end,
                 const float* grad, float* w, const CodedStates& q, std::index_sequence<J...> order) {
+  // grad: element `begin`'s gradient (a float16 tile's converted values start there)
   constexpr int K = Rule::kStates;
   float values[K][kCodeBlock];
   for (int64_t b = begin; b < end; b += kCodeBlock) {
     const int64_t len = std::min<int64_t>(kCodeBlock, end - b);
+    const float* g = grad + (b - begin);
     const float scale[] = {q.scales[J][b / kCodeBlock]...};
-    prefetch_block(grad + b + kPrefetchAhead, w + b + kPrefetchAhead, (q.codes[J] + b + kPrefetchAhead)...);
-    coded_loop<Rule>(c, len, grad + b, w + b, values, scale, order, (q.codes[J] + b)...);
+    prefetch_block(g + kPrefetchAhead, w + b + kPrefetchAhead, (q.codes[J] + b + kPrefetchAhead)...);
+    coded_loop<Rule>(c, len, g, w + b, values, scale, order, (q.codes[J] + b)...);
     StoreStates<Rule, K>::run(values, len, q, b);
   }
 }
@@ -578,11 +583,11 @@ void run_rule(const RuleScalars<Rule>& a, std::vector<MXTensor>* in, std::vector
         if (p.weight16 != nullptr) {  // float16 weights: float32 maths on the master weight
           with_half_tiles(end - begin, p.grad16 + begin, p.weight + begin, p.weight16 + begin,
                           [&](int64_t n, const float* g, int64_t t) {
-                            coded_span<Rule>(coefs[k], begin + t, begin + t + n, g - begin - t,
-                                             p.weight, p.coded, order);
+                            coded_span<Rule>(coefs[k], begin + t, begin + t + n, g, p.weight,
+                                             p.coded, order);
                           });
         } else {
-          coded_span<Rule>(coefs[k], begin, end, p.grad, p.weight, p.coded, order);
+          coded_span<Rule>(coefs[k], begin, end, p.grad + begin, p.weight, p.coded, order);
         }
         return;
       }

@@ -81,8 +81,8 @@ __device__ __forceinline__ void mxnag_update_full(
 // threads) per block of codes, grid-stride over them; each thread decodes its element's
 // states, runs the body, writes the weight; the block's largest magnitude of each new
 // state comes from an atomic maximum on the float bits in shared memory (non-negative
-// floats order as their bits; a NaN's bits exceed every number's, so a block holding one
-// gets a NaN scale, as on the CPU), then each thread writes its codes and thread 0 the
+// floats order as their bits; a NaN's or an Inf's bits are the largest, so a block holding
+// one gets a NaN scale, as on the CPU), then each thread writes its codes and thread 0 the
 // scales. Every thread of a block takes the same path to each __syncthreads.
 template <typename Rule, typename G, bool kHalfOut>
 __device__ __forceinline__ void mxnag_update_coded(
@@ -124,12 +124,16 @@ __device__ __forceinline__ void mxnag_update_coded(
 #pragma unroll
       for (int j = 0; j < K; ++j) {
         const float top = Rule::non_negative(j) ? mxnag_root_code::top() : mxnag_signed_code::top();
+        // a NaN or an Inf: the block reads NaN; below the smallest normal float: 0
+        const bool nan = largest[j] >= 0x7f800000u;
+        const bool zero = largest[j] < 0x00800000u;
         const float most = mxnag_bits_float(largest[j]);
-        const float inverse = most > 0.0f ? top / most : 0.0f;
+        const float inverse = nan || zero ? 0.0f : top / most;
         codes[j][i] = (unsigned char)(Rule::non_negative(j)
                                           ? mxnag_root_code::encode(stored[j] * inverse)
                                           : mxnag_signed_code::encode(stored[j] * inverse));
-        if (threadIdx.x == 0) scales[j][b] = most != most ? most : most / top;
+        if (threadIdx.x == 0)
+          scales[j][b] = nan ? mxnag_bits_float(0x7fc00000u) : (zero ? 0.0f : most / top);
       }
     }
     __syncthreads();  // `largest` is reset by the next block of codes

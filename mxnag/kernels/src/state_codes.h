@@ -21,8 +21,10 @@
 // even), which is the nearest code except below 2^-15 * 17/16 (1/28000 of the block's
 // largest), where the float grid's 2^-15 is the code 0. A block's scale is its largest
 // (root) magnitude over the largest code: the maximum of the float bits with the sign
-// cleared, a NaN's exceeding every number's, so a block holding a NaN gets a NaN scale
-// (the whole block reads NaN, as the float state would have held one).
+// cleared, a NaN's or an Inf's exceeding every number's, so a block holding one gets a NaN
+// scale (the whole block reads NaN: the float state would have held a non-finite value);
+// a block whose largest magnitude is below the smallest normal float gets scale 0 (it
+// reads 0: the inverse scale would overflow).
 #ifndef MXNAG_STATE_CODES_H_
 #define MXNAG_STATE_CODES_H_
 
